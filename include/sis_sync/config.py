@@ -1,0 +1,220 @@
+"""Portal configuration: one YAML file per portal, validated into a typed model.
+
+A bad file raises :class:`PortalConfigError` naming the file and the field; loading a folder
+collects such errors beside the good portals so that one broken file never hides the others.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_PORTALS_DIR = PROJECT_ROOT / "include" / "portals"
+DEFAULT_DROPS_DIR = PROJECT_ROOT / ".data" / "drops"
+
+PORTAL_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class PortalConfigError(ValueError):
+    """A portal file that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileDropSource(_Strict):
+    """Where a OneRoster CSV portal finds its drops.
+
+    ``path`` is a folder or a ``.zip``; it may hold ``{date}`` (the drop date, ``YYYY-MM-DD``).
+    A relative path is taken from ``SIS_SYNC_DROPS_DIR``.
+    """
+
+    path: str
+
+    @property
+    def dated(self) -> bool:
+        return "{date}" in self.path
+
+    def resolve(self) -> str:
+        """The path template with environment variables expanded and made absolute."""
+        expanded = os.path.expandvars(os.path.expanduser(self.path))
+        if not os.path.isabs(expanded):
+            base = os.environ.get("SIS_SYNC_DROPS_DIR", str(DEFAULT_DROPS_DIR))
+            expanded = os.path.join(base, expanded)
+        return expanded
+
+
+class Schools(_Strict):
+    """Which SIS schools the portal syncs, and the LMS organization each becomes.
+
+    ``multi`` with ``mapping: auto`` syncs every school in the feed and creates an organization
+    per school; a mapping ``{sis_school_id: slug}`` syncs only the listed schools. ``single``
+    syncs the one ``school``.
+    """
+
+    mode: Literal["multi", "single"] = "multi"
+    mapping: Literal["auto"] | dict[str, str] = "auto"
+    school: str | None = None
+    slug: str | None = None
+
+    @model_validator(mode="after")
+    def _single_names_school(self) -> Schools:
+        if self.mode == "single" and not self.school:
+            raise ValueError("a single-school portal must name its 'school' (the SIS school id)")
+        if self.mode == "multi" and self.school:
+            raise ValueError("'school' is only for mode: single; use 'mapping' for several")
+        return self
+
+    @property
+    def synced(self) -> frozenset[str] | None:
+        """SIS ids of the synced schools, or None for every school in the feed."""
+        if self.mode == "single":
+            return frozenset({self.school or ""})
+        if self.mapping == "auto":
+            return None
+        return frozenset(self.mapping)
+
+    def slug_for(self, school_key: str) -> str | None:
+        """The organization slug a mapping gives a school, if any."""
+        if self.mode == "single":
+            return self.slug if school_key == self.school else None
+        if isinstance(self.mapping, dict):
+            return self.mapping.get(school_key)
+        return None
+
+
+class Entities(_Strict):
+    """Which data a portal syncs. Contacts (guardians, parents) are off by default."""
+
+    students: bool = True
+    teachers: bool = True
+    administrators: bool = True
+    staff: bool = True
+    contacts: bool = False
+    sections: bool = True
+    enrollments: bool = True
+
+
+class DateWindow(_Strict):
+    start: date
+    end: date
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DateWindow:
+        if self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        return self
+
+
+class Guards(_Strict):
+    """Thresholds over which a sync never auto-commits (both the percent and the count)."""
+
+    archive_percent: Annotated[float, Field(ge=0, le=100)] = 10.0
+    archive_min_count: Annotated[int, Field(ge=0)] = 20
+    update_percent: Annotated[float, Field(ge=0, le=100)] = 75.0
+    update_min_count: Annotated[int, Field(ge=0)] = 20
+
+
+class Portal(_Strict):
+    """One LMS portal and the SIS it is kept in step with."""
+
+    id: str
+    name: str
+    timezone: str = "UTC"
+    provider: Literal["oneroster_csv"]
+    source: FileDropSource
+    schedule: str | None = None
+    scheduled_mode: Literal["full", "quick"] = "quick"
+    full_sync_every_days: Annotated[int, Field(ge=1)] = 7
+    auto_commit: bool = False
+    approval_timeout_hours: Annotated[float, Field(gt=0)] = 24.0
+    approvers: list[str] = Field(default_factory=list)
+    schools: Schools = Schools()
+    entities: Entities = Entities()
+    school_year: DateWindow | None = None
+    guards: Guards = Guards()
+    retention_days: Annotated[int, Field(ge=1)] = 30
+    owner: str = "sis-sync"
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not PORTAL_ID.match(value):
+            raise ValueError("must be lower-case letters, digits and '_', starting with a letter")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @property
+    def dag_id(self) -> str:
+        return f"sis_sync__{self.id}"
+
+
+def portals_dir() -> Path:
+    """The folder holding the portal files (``SIS_SYNC_PORTALS_DIR`` or ``include/portals``)."""
+    return Path(os.environ.get("SIS_SYNC_PORTALS_DIR", str(DEFAULT_PORTALS_DIR)))
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def load_portal(path: Path) -> Portal:
+    """Read and validate one portal file; errors name the file and the field."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise PortalConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise PortalConfigError(f"{path}: expected a mapping of portal settings at the top level")
+    try:
+        portal = Portal.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field '{_field_path(err['loc'])}': {err['msg']}" for err in exc.errors()
+        )
+        raise PortalConfigError(f"{path}: {problems}") from None
+    if portal.id != path.stem:
+        raise PortalConfigError(
+            f"{path}: field 'id': {portal.id!r} must match the file name ({path.stem!r})"
+        )
+    return portal
+
+
+def load_portals(folder: Path | None = None) -> tuple[list[Portal], list[PortalConfigError]]:
+    """Every portal file of a folder: the valid portals, and an error per broken file."""
+    folder = folder or portals_dir()
+    portals: list[Portal] = []
+    errors: list[PortalConfigError] = []
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        try:
+            portals.append(load_portal(path))
+        except PortalConfigError as exc:
+            errors.append(exc)
+    return portals, errors
+
+
+def get_portal(portal_id: str, folder: Path | None = None) -> Portal:
+    """Load one portal by id (tasks reload it at run time so a task sees the current file)."""
+    folder = folder or portals_dir()
+    for suffix in (".yaml", ".yml"):
+        path = folder / f"{portal_id}{suffix}"
+        if path.exists():
+            return load_portal(path)
+    raise PortalConfigError(f"{folder}: no portal file for portal {portal_id!r}")

@@ -1,0 +1,288 @@
+"""The diff: a canonical snapshot against the portal's current LMS rows, as actions.
+
+One action per record: ``add``, ``update``, ``archive`` or ``reactivate`` (a record that comes
+back under the same ``sis_key`` keeps its LMS id). Everything here is set-based pandas: merges
+and masks over whole frames, never a lookup per row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from include.sis_sync import model
+from include.sis_sync.transform import Scope, in_scope
+
+ACTION_COLUMNS = [
+    "entity",
+    "action",
+    "sis_key",
+    "lms_id",
+    "school_key",
+    "kind",
+    "reason",
+    "changes",
+]
+WARNING_COLUMNS = ["entity", "sis_key", "kind", "message"]
+
+ADD, UPDATE, ARCHIVE, REACTIVATE = "add", "update", "archive", "reactivate"
+ACTIONS = (ADD, UPDATE, ARCHIVE, REACTIVATE)
+
+
+@dataclass
+class DiffInput:
+    """What the diff needs besides the snapshot: modes, LMS rows and the run's scope."""
+
+    modes: Mapping[str, str]  # entity -> bulk | delta | absent
+    current: Mapping[str, pd.DataFrame]  # entity -> LMS rows (id, sis_key, active, fields)
+    scope: Scope
+    synced_roles: frozenset[str] = frozenset(model.USER_ROLES)
+    school_year: tuple[str, str] | None = None
+
+
+@dataclass
+class ChangeSet:
+    """The staged actions of one run, and what the diff noticed on the way."""
+
+    actions: pd.DataFrame
+    warnings: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=WARNING_COLUMNS))
+    outside_school_year: int = 0
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{entity: {action: n}}`` for every action kind, zeros included."""
+        table = self.actions.groupby(["entity", "action"]).size()
+        return {
+            e.name: {a: int(table.get((e.name, a), 0)) for a in ACTIONS} for e in model.ENTITIES
+        }
+
+
+def _differs(before: pd.Series, after: pd.Series) -> pd.Series:
+    """Null-safe inequality: two nulls are equal, a null and a value differ."""
+    before = before.astype("string")
+    after = after.astype("string")
+    unequal = (before != after).fillna(True).astype(bool)
+    both_null = before.isna().to_numpy() & after.isna().to_numpy()
+    return unequal & ~both_null
+
+
+def _changes_json(merged: pd.DataFrame, fields: tuple[str, ...], rows: pd.Series) -> pd.Series:
+    """``{field: [before, after]}`` as JSON for the rows that changed, null elsewhere."""
+    changed = merged[rows]
+    masks = {f: _differs(changed[f"{f}_lms"], changed[f]) for f in fields}
+    out = []
+    for position in range(len(changed)):
+        row = {
+            f: [_plain(changed[f"{f}_lms"].iat[position]), _plain(changed[f].iat[position])]
+            for f in fields
+            if masks[f].iat[position]
+        }
+        out.append(json.dumps(row, sort_keys=True) if row else None)
+    result = pd.Series(pd.NA, index=merged.index, dtype="string")
+    result[rows] = pd.Series(out, index=changed.index, dtype="string")
+    return result
+
+
+def _plain(value: object) -> str | None:
+    return None if value is None or value is pd.NA or (isinstance(value, float)) else str(value)
+
+
+def _school_of(frame: pd.DataFrame, entity: model.Entity) -> pd.Series:
+    """The organization an action counts against in per-school guards."""
+    if entity is model.ORGANIZATIONS:
+        return frame["sis_key"]
+    if entity is model.USERS:
+        return frame["organizations"].str.split(",").str[0]
+    if "organization_key" in frame.columns:
+        return frame["organization_key"]
+    return pd.Series(pd.NA, index=frame.index, dtype="string")
+
+
+def _kind_of(frame: pd.DataFrame, entity: model.Entity) -> pd.Series:
+    if entity is model.USERS:
+        return frame["role"]
+    if entity is model.ORGANIZATIONS:
+        return frame["kind"]
+    return pd.Series(pd.NA, index=frame.index, dtype="string")
+
+
+def _frame(entity: model.Entity, action: str, rows: pd.DataFrame, reason: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "entity": entity.name,
+            "action": action,
+            "sis_key": rows["sis_key"].astype("string"),
+            "lms_id": rows["id"].astype("Int64") if "id" in rows else pd.NA,
+            "school_key": _school_of(rows, entity).astype("string"),
+            "kind": _kind_of(rows, entity).astype("string"),
+            "reason": reason,
+            "changes": rows["changes"] if "changes" in rows else pd.NA,
+        },
+        columns=ACTION_COLUMNS,
+    )
+
+
+def _archivable(current: pd.DataFrame, entity: model.Entity, diff_in: DiffInput) -> pd.Series:
+    """Active LMS rows this run may archive when they are missing from a complete feed."""
+    scope = diff_in.scope
+    mask = current["active"].astype(bool)
+    if entity is model.USERS:
+        mask &= current["role"].isin(list(diff_in.synced_roles)) | current["role"].isna()
+    if scope.portal_wide:
+        return mask
+    if entity is model.USERS:
+        memberships = diff_in.current.get(model.USER_ORGANIZATIONS.name)
+        return mask & _only_within(current, memberships, scope.archivable or frozenset())
+    if entity is model.TERMS or (
+        entity is model.COURSES and not scope.archivable  # nothing school-level selected
+    ):
+        return pd.Series(False, index=current.index)
+    return mask & in_scope(current, entity, scope.archivable)
+
+
+def _only_within(
+    users: pd.DataFrame, memberships: pd.DataFrame | None, orgs: frozenset[str]
+) -> pd.Series:
+    """Users whose active memberships all lie within ``orgs`` (and who have at least one)."""
+    if memberships is None or memberships.empty:
+        return pd.Series(False, index=users.index)
+    active = memberships[memberships["active"].astype(bool)]
+    inside = active["organization_key"].isin(list(orgs))
+    per_user = pd.DataFrame({"user": active["user_key"], "inside": inside}).groupby("user")
+    all_inside = per_user["inside"].all()
+    return users["sis_key"].map(all_inside).fillna(False).astype(bool)
+
+
+def diff_entity(
+    entity: model.Entity, snapshot: pd.DataFrame, diff_in: DiffInput
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Actions for one entity, and the merged frame of snapshot rows with their LMS rows."""
+    mode = diff_in.modes.get(entity.name, "absent")
+    current = diff_in.current.get(entity.name)
+    if current is None:
+        current = pd.DataFrame(columns=["id", "sis_key", "active", *entity.fields])
+    live = snapshot[snapshot["sis_status"] == model.ACTIVE]
+    lms = current.rename(columns={f: f"{f}_lms" for f in entity.fields})
+    merged = live.merge(lms, on="sis_key", how="left", indicator=True)
+    known = merged["_merge"] == "both"
+    active = merged["active"].astype("boolean").fillna(False).astype(bool)
+    changed = pd.Series(False, index=merged.index)
+    for f in entity.fields:
+        changed |= _differs(merged[f"{f}_lms"], merged[f])
+    merged["changes"] = _changes_json(merged, entity.fields, known & changed)
+    parts = [
+        _frame(entity, ADD, merged[~known], "new"),
+        _frame(entity, REACTIVATE, merged[known & ~active], "returned"),
+        _frame(entity, UPDATE, merged[known & active & changed], "changed"),
+    ]
+    present = pd.Index(live["sis_key"])
+    if mode == "bulk":
+        gone = _archivable(current, entity, diff_in) & ~current["sis_key"].isin(present)
+        parts.append(_frame(entity, ARCHIVE, current[gone], "absent from feed"))
+    elif mode == "delta":
+        deleted = pd.Index(snapshot.loc[snapshot["sis_status"] != model.ACTIVE, "sis_key"])
+        is_active = current["active"].astype(bool)
+        parts.append(
+            _frame(
+                entity, ARCHIVE, current[is_active & current["sis_key"].isin(deleted)], "deleted"
+            )
+        )
+    return pd.concat([p for p in parts if len(p)], ignore_index=True) if any(
+        len(p) for p in parts
+    ) else pd.DataFrame(columns=ACTION_COLUMNS), merged
+
+
+def _delta_memberships(
+    snapshot: pd.DataFrame, users: pd.DataFrame, diff_in: DiffInput
+) -> pd.DataFrame:
+    """In a delta, a user row lists all its organizations: archive the memberships it dropped."""
+    current = diff_in.current.get(model.USER_ORGANIZATIONS.name)
+    if current is None or current.empty:
+        return pd.DataFrame(columns=ACTION_COLUMNS)
+    listed_users = pd.Index(users.loc[users["sis_status"] == model.ACTIVE, "sis_key"])
+    present = pd.Index(snapshot["sis_key"])
+    gone = (
+        current["active"].astype(bool)
+        & current["user_key"].isin(listed_users)
+        & ~current["sis_key"].isin(present)
+        & in_scope(current, model.USER_ORGANIZATIONS, diff_in.scope.archivable)
+    )
+    return _frame(model.USER_ORGANIZATIONS, ARCHIVE, current[gone], "left organization")
+
+
+def _cascade(
+    actions: pd.DataFrame, diff_in: DiffInput, parent: model.Entity, child: model.Entity, via: str
+) -> pd.DataFrame:
+    """Archive the active children (enrollments, memberships) of archived parents."""
+    current = diff_in.current.get(child.name)
+    archived = actions[(actions["entity"] == parent.name) & (actions["action"] == ARCHIVE)]
+    if current is None or current.empty or archived.empty:
+        return pd.DataFrame(columns=ACTION_COLUMNS)
+    already = actions.loc[
+        (actions["entity"] == child.name) & (actions["action"] == ARCHIVE), "sis_key"
+    ]
+    hit = (
+        current["active"].astype(bool)
+        & current[via].isin(pd.Index(archived["sis_key"]))
+        & ~current["sis_key"].isin(pd.Index(already))
+    )
+    return _frame(child, ARCHIVE, current[hit], f"{parent.name[:-1]} archived")
+
+
+def diff_snapshot(frames: Mapping[str, pd.DataFrame], diff_in: DiffInput) -> ChangeSet:
+    """Every entity's actions, with cascades and the school-year window applied."""
+    parts: list[pd.DataFrame] = []
+    for entity in model.ENTITIES:
+        if diff_in.modes.get(entity.name, "absent") == "absent" or entity.name not in frames:
+            continue
+        actions, _ = diff_entity(entity, frames[entity.name], diff_in)
+        parts.append(actions)
+        if entity is model.USER_ORGANIZATIONS and diff_in.modes[entity.name] == "delta":
+            parts.append(_delta_memberships(frames[entity.name], frames[model.USERS.name], diff_in))
+    actions = _concat(parts)
+    cascades = [
+        _cascade(actions, diff_in, model.USERS, model.USER_ORGANIZATIONS, "user_key"),
+        _cascade(actions, diff_in, model.USERS, model.ENROLLMENTS, "user_key"),
+        _cascade(actions, diff_in, model.SECTIONS, model.ENROLLMENTS, "section_key"),
+    ]
+    actions = _concat([actions, *cascades])
+    actions = actions.drop_duplicates(["entity", "sis_key"], keep="first")
+    outside = 0
+    if diff_in.school_year and model.SECTIONS.name in frames and model.TERMS.name in frames:
+        actions, outside = _apply_school_year(actions, frames, diff_in.school_year)
+    return ChangeSet(actions.reset_index(drop=True), outside_school_year=outside)
+
+
+def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=ACTION_COLUMNS)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _apply_school_year(
+    actions: pd.DataFrame, frames: Mapping[str, pd.DataFrame], window: tuple[str, str]
+) -> tuple[pd.DataFrame, int]:
+    """Drop adds, updates and reactivations of sections entirely outside the school year,
+    and the enrollment adds into them; archives are left as they are."""
+    from include.sis_sync.transform import outside_school_year
+
+    sections = frames[model.SECTIONS.name]
+    outside = sections.loc[
+        outside_school_year(sections, frames[model.TERMS.name], *window), "sis_key"
+    ]
+    if outside.empty:
+        return actions, 0
+    not_archive = actions["action"] != ARCHIVE
+    drop_sections = (actions["entity"] == model.SECTIONS.name) & actions["sis_key"].isin(outside)
+    enrollments = frames.get(model.ENROLLMENTS.name)
+    drop_enrollments = pd.Series(False, index=actions.index)
+    if enrollments is not None:
+        into = enrollments.loc[enrollments["section_key"].isin(pd.Index(outside)), "sis_key"]
+        drop_enrollments = (actions["entity"] == model.ENROLLMENTS.name) & actions["sis_key"].isin(
+            pd.Index(into)
+        )
+    dropped = not_archive & (drop_sections | drop_enrollments)
+    return actions[~dropped], int((not_archive & drop_sections).sum())

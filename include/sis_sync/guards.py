@@ -1,0 +1,111 @@
+"""Guards: a change set that archives or updates too much never auto-commits.
+
+Per kind (users by primary role, sections, enrollments, organizations) the archives a sync
+proposes are counted against that kind's active records in the sync's scope, portal-wide and
+per school; updates likewise. A guard trips when both the percent and the count thresholds are
+passed. A guard never fails a task: it only decides whether a human must approve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+
+from include.sis_sync.config import Guards
+from include.sis_sync.diff import ARCHIVE, UPDATE
+
+GUARDED = ("users", "sections", "enrollments", "organizations")
+
+
+@dataclass
+class GuardResult:
+    """One guard evaluation: what was counted, against what, and whether it tripped."""
+
+    action: str  # archive | update
+    kind: str  # e.g. users:student, sections
+    school: str | None  # None: portal-wide
+    count: int
+    active: int
+    percent: float
+    tripped: bool
+
+    def describe(self) -> str:
+        where = f"school {self.school}" if self.school else "portal-wide"
+        return (
+            f"{self.action}s of {self.kind} ({where}): {self.count} of {self.active} active "
+            f"({self.percent:.1f} %)"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _kind_column(frame: pd.DataFrame, entity_column: str, kind_column: str) -> pd.Series:
+    """``users:<role>`` for users, the entity name for the rest."""
+    entity = frame[entity_column].astype("string")
+    kind = frame[kind_column].astype("string").fillna("unknown")
+    return entity.mask(entity == "users", "users:" + kind)
+
+
+def evaluate(actions: pd.DataFrame, active: pd.DataFrame, guards: Guards) -> list[GuardResult]:
+    """Evaluate every guard.
+
+    ``active`` holds one row per active LMS record in scope, with ``entity``, ``kind``
+    (users' primary role) and ``school_key``, so counts are per kind and per school.
+    """
+    results: list[GuardResult] = []
+    base = active[active["entity"].isin(GUARDED)].copy()
+    base["guard_kind"] = _kind_column(base, "entity", "kind")
+    moved = actions[actions["entity"].isin(GUARDED)].copy()
+    moved["guard_kind"] = _kind_column(moved, "entity", "kind")
+    rules = (
+        (ARCHIVE, guards.archive_percent, guards.archive_min_count),
+        (UPDATE, guards.update_percent, guards.update_min_count),
+    )
+    for action, percent, minimum in rules:
+        proposed = moved[moved["action"] == action]
+        results += _tally(proposed, base, action, percent, minimum, by_school=False)
+        results += _tally(proposed, base, action, percent, minimum, by_school=True)
+    return results
+
+
+def _tally(
+    proposed: pd.DataFrame,
+    base: pd.DataFrame,
+    action: str,
+    percent: float,
+    minimum: int,
+    *,
+    by_school: bool,
+) -> list[GuardResult]:
+    keys = ["guard_kind", "school_key"] if by_school else ["guard_kind"]
+    counts = proposed.groupby(keys, dropna=False).size()
+    totals = base.groupby(keys, dropna=False).size()
+    results = []
+    for key, count in counts.items():
+        kind, school = (
+            (key if by_school else (key, None)) if isinstance(key, tuple) else (key, None)
+        )
+        if by_school and (school is None or pd.isna(school)):
+            continue
+        total = int(totals.get(key, 0))
+        share = 100.0 * count / total if total else 100.0
+        tripped = count > minimum and share > percent
+        results.append(
+            GuardResult(
+                action,
+                str(kind),
+                str(school) if by_school else None,
+                int(count),
+                total,
+                round(share, 2),
+                tripped,
+            )
+        )
+    return results
+
+
+def tripped(results: list[GuardResult]) -> list[GuardResult]:
+    return [r for r in results if r.tripped]

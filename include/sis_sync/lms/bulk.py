@@ -1,0 +1,98 @@
+"""Set-based SQL helpers: many rows per statement, never a round trip per row.
+
+Inserts go through the driver's ``executemany`` in large chunks; updates and archives load the
+affected ids (and new values) into a temporary table and change the target with one
+``UPDATE ... FROM`` statement. Both work on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+
+import pandas as pd
+import sqlalchemy as sa
+
+CHUNK_ROWS = 100_000
+
+
+def quote_name(conn: sa.Connection, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote(name)
+
+
+def placeholder(conn: sa.Connection) -> str:
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def sql_value(conn: sa.Connection, value: object) -> object:
+    """A value as the driver should bind it: SQLite gets timestamps in SQLAlchemy's format."""
+    if isinstance(value, datetime) and conn.dialect.name == "sqlite":
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
+
+
+def _records(frame: pd.DataFrame) -> list[tuple[object, ...]]:
+    """Rows as tuples of plain Python values, nulls as None."""
+    plain = frame.astype(object).where(frame.notna(), None)
+    return list(plain.itertuples(index=False, name=None))
+
+
+def insert_frame(conn: sa.Connection, table: str, frame: pd.DataFrame) -> int:
+    """Insert every row of ``frame`` (columns named as the table's) in chunks."""
+    if frame.empty:
+        return 0
+    columns = ", ".join(quote_name(conn, c) for c in frame.columns)
+    values = ", ".join([placeholder(conn)] * len(frame.columns))
+    sql = f"INSERT INTO {quote_name(conn, table)} ({columns}) VALUES ({values})"
+    for start in range(0, len(frame), CHUNK_ROWS):
+        conn.exec_driver_sql(sql, _records(frame.iloc[start : start + CHUNK_ROWS]))
+    return len(frame)
+
+
+def temp_table(
+    conn: sa.Connection, name: str, columns: Sequence[tuple[str, str]], frame: pd.DataFrame
+) -> str:
+    """Create (or empty) a temporary table and fill it with ``frame``; returns its name."""
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {quote_name(conn, name)}")
+    spec = ", ".join(f"{quote_name(conn, c)} {t}" for c, t in columns)
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {quote_name(conn, name)} ({spec})")
+    insert_frame(conn, name, frame[[c for c, _ in columns]])
+    return name
+
+
+def update_from(
+    conn: sa.Connection,
+    table: str,
+    source: str,
+    assignments: Iterable[str],
+    extra_sets: dict[str, object] | None = None,
+) -> int:
+    """``UPDATE table SET col = source.col ... FROM source WHERE table.id = source.id``."""
+    q = quote_name(conn, table)
+    sets = [f"{quote_name(conn, c)} = s.{quote_name(conn, c)}" for c in assignments]
+    params: list[object] = []
+    for column, value in (extra_sets or {}).items():
+        sets.append(f"{quote_name(conn, column)} = {placeholder(conn)}")
+        params.append(sql_value(conn, value))
+    sql = (
+        f"UPDATE {q} SET {', '.join(sets)} FROM {quote_name(conn, source)} AS s WHERE {q}.id = s.id"
+    )
+    result = conn.exec_driver_sql(sql, tuple(params))
+    return int(result.rowcount or 0)
+
+
+def read_frame(
+    conn: sa.Connection, sql: str, params: Sequence[object] = (), chunk: int = CHUNK_ROWS
+) -> pd.DataFrame:
+    """Run a query and return its rows as a frame of nullable strings, read in chunks."""
+    cursor = conn.exec_driver_sql(sql, tuple(params))
+    columns = list(cursor.keys())
+    parts: list[pd.DataFrame] = []
+    while rows := cursor.fetchmany(chunk):
+        parts.append(pd.DataFrame.from_records(rows, columns=columns))
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype="string") for c in columns})
+    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    return frame

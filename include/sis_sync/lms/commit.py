@@ -1,0 +1,308 @@
+"""Commit: apply a run's selected actions to the LMS in one transaction.
+
+In that one transaction: the LMS rows (adds, updates, reactivations, archives), each action's
+applied status, the warnings of skipped actions, the run's status and its checkpoint. A failure
+anywhere rolls all of it back. A retried commit of a committed run changes nothing. Nothing is
+ever deleted: archiving sets ``archived_at``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from include.sis_sync import model
+from include.sis_sync.diff import ADD, ARCHIVE, REACTIVATE, UPDATE
+from include.sis_sync.lms.bulk import (
+    insert_frame,
+    placeholder,
+    quote_name,
+    read_frame,
+    sql_value,
+    temp_table,
+    update_from,
+)
+from include.sis_sync.lms.schema import lms_table_name
+from include.sis_sync.staging import RunNotCommittable, get_run, now, update_run
+
+COMMITTABLE = ("staged", "approved", "awaiting_approval", "committing")
+
+# entity -> (reference column, referenced entity) that must exist for the row to be applied
+DEPENDENCIES: dict[str, tuple[tuple[str, str], ...]] = {
+    "user_organizations": (("user_key", "users"), ("organization_key", "organizations")),
+    "enrollments": (("section_key", "sections"), ("user_key", "users")),
+}
+
+
+@dataclass
+class CommitResult:
+    """What a commit did, per entity and action."""
+
+    applied: dict[str, dict[str, int]] = field(default_factory=dict)
+    skipped: int = 0
+    not_selected: int = 0
+    already_committed: bool = False
+
+
+@dataclass(frozen=True)
+class CommitTarget:
+    """Whose LMS rows a commit may touch, and how new organizations are named."""
+
+    portal_id: str
+    provider: str
+    slugs: Mapping[str, str] = field(default_factory=dict)  # organization sis_key -> slug
+
+
+def slugify(text: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug or "organization"
+
+
+def organization_slugs(
+    rows: pd.DataFrame, taken: set[str], mapping: Mapping[str, str]
+) -> pd.Series:
+    """Slugs for new organizations: the mapping's, else the name's; unique within the portal."""
+    slugs = []
+    for key, name in zip(rows["sis_key"], rows["name"].fillna(""), strict=True):
+        slug = mapping.get(key) or slugify(str(name))
+        if slug in taken:
+            slug = f"{slug}-{slugify(str(key))}"
+        taken.add(slug)
+        slugs.append(slug)
+    return pd.Series(slugs, index=rows.index, dtype="string")
+
+
+def commit_run(
+    engine: sa.Engine,
+    run_id: int,
+    frames: Mapping[str, pd.DataFrame],
+    target: CommitTarget,
+    *,
+    checkpoint: str | None,
+    status: str = "committed",
+) -> CommitResult:
+    """Apply the run's selected actions; all or nothing."""
+    with engine.begin() as conn:
+        run = get_run(conn, run_id)
+        if run["status"] == "committed":
+            return CommitResult(already_committed=True)
+        if run["status"] not in COMMITTABLE:
+            raise RunNotCommittable(
+                f"run {run_id} is {run['status']}: its change set can never be committed"
+            )
+        if run["portal_id"] != target.portal_id:
+            raise RunNotCommittable(f"run {run_id} belongs to portal {run['portal_id']}")
+        actions = _load_actions(conn, run_id)
+        skipped = _unmet_dependencies(conn, actions, frames, target)
+        todo = actions[actions["selected"] & ~actions["id"].isin(skipped["id"])]
+        stamp = now()
+        result = CommitResult()
+        for entity in model.ENTITIES:
+            result.applied[entity.name] = _apply_entity(
+                conn, entity, todo[todo["entity"] == entity.name], frames, target, run_id, stamp
+            )
+        _record_statuses(conn, run_id, skipped)
+        result.skipped = len(skipped)
+        result.not_selected = int((~actions["selected"]).sum())
+        update_run(
+            conn,
+            run_id,
+            status=status,
+            committed_at=stamp,
+            checkpoint=checkpoint if not run["schools"] else None,
+        )
+    return result
+
+
+def _load_actions(conn: sa.Connection, run_id: int) -> pd.DataFrame:
+    ph = placeholder(conn)
+    frame = read_frame(
+        conn,
+        "SELECT id, entity, action, sis_key, lms_id, selected FROM sis_sync_actions "
+        f"WHERE run_id = {ph}",
+        (run_id,),
+    )
+    frame["id"] = frame["id"].astype("int64")
+    frame["lms_id"] = frame["lms_id"].astype("Int64")
+    frame["selected"] = frame["selected"].astype(bool)
+    return frame
+
+
+def _active_keys(conn: sa.Connection, entity: str, target: CommitTarget) -> pd.Index:
+    ph = placeholder(conn)
+    frame = read_frame(
+        conn,
+        f"SELECT sis_key FROM {quote_name(conn, lms_table_name(entity))} "
+        f"WHERE portal_id = {ph} AND sis_provider = {ph} AND archived_at IS NULL",
+        (target.portal_id, target.provider),
+    )
+    return pd.Index(frame["sis_key"].astype("string"))
+
+
+def _unmet_dependencies(
+    conn: sa.Connection,
+    actions: pd.DataFrame,
+    frames: Mapping[str, pd.DataFrame],
+    target: CommitTarget,
+) -> pd.DataFrame:
+    """Selected actions whose referenced record will not be active after this commit.
+
+    Works in dependency order so that a skipped membership or enrollment never hides behind a
+    parent that is itself skipped.
+    """
+    selected = actions[actions["selected"]]
+    skipped_parts: list[pd.DataFrame] = []
+    available: dict[str, pd.Index] = {}
+
+    def after_commit(entity: str) -> pd.Index:
+        if entity not in available:
+            mine = selected[selected["entity"] == entity]
+            archived = pd.Index(mine.loc[mine["action"] == ARCHIVE, "sis_key"])
+            added = pd.Index(mine.loc[mine["action"].isin([ADD, REACTIVATE]), "sis_key"])
+            available[entity] = _active_keys(conn, entity, target).difference(archived).union(added)
+        return available[entity]
+
+    for entity, references in DEPENDENCIES.items():
+        mine = selected[
+            (selected["entity"] == entity) & selected["action"].isin([ADD, REACTIVATE, UPDATE])
+        ]
+        frame = frames.get(entity)
+        if mine.empty or frame is None:
+            continue
+        rows = mine.merge(frame[["sis_key", *(c for c, _ in references)]], on="sis_key", how="left")
+        missing = pd.Series(False, index=rows.index)
+        reasons = pd.Series("", index=rows.index, dtype="string")
+        for column, parent in references:
+            gone = rows[column].notna() & ~rows[column].isin(after_commit(parent))
+            reasons = reasons.mask(gone & ~missing, f"its {parent[:-1]} " + rows[column].fillna(""))
+            missing |= gone
+        if missing.any():
+            skipped = rows.loc[missing, ["id", "entity", "sis_key"]].copy()
+            skipped["why"] = reasons[missing]
+            skipped_parts.append(skipped)
+            available.pop(entity, None)
+    if not skipped_parts:
+        return pd.DataFrame(columns=["id", "entity", "sis_key", "why"])
+    return pd.concat(skipped_parts, ignore_index=True)
+
+
+def _apply_entity(
+    conn: sa.Connection,
+    entity: model.Entity,
+    todo: pd.DataFrame,
+    frames: Mapping[str, pd.DataFrame],
+    target: CommitTarget,
+    run_id: int,
+    stamp: datetime,
+) -> dict[str, int]:
+    counts = {a: int((todo["action"] == a).sum()) for a in (ADD, UPDATE, REACTIVATE, ARCHIVE)}
+    if todo.empty:
+        return counts
+    table = lms_table_name(entity.name)
+    frame = frames.get(entity.name)
+    adds = todo[todo["action"] == ADD]
+    if len(adds):
+        rows = frame.merge(adds[["sis_key"]], on="sis_key", how="inner")[
+            ["sis_key", *entity.fields]
+        ]
+        rows.insert(0, "portal_id", target.portal_id)
+        rows.insert(1, "sis_provider", target.provider)
+        if entity is model.ORGANIZATIONS:
+            rows["slug"] = organization_slugs(rows, _taken_slugs(conn, target), target.slugs)
+        rows["created_at"] = sql_value(conn, stamp)
+        rows["updated_at"] = sql_value(conn, stamp)
+        rows["last_sync_run_id"] = run_id
+        insert_frame(conn, table, rows)
+    changes = todo[todo["action"].isin([UPDATE, REACTIVATE])]
+    if len(changes):
+        rows = changes[["lms_id", "sis_key"]].merge(
+            frame[["sis_key", *entity.fields]], on="sis_key"
+        )
+        rows = rows.rename(columns={"lms_id": "id"}).drop(columns="sis_key")
+        source = temp_table(
+            conn,
+            "sis_sync_changes",
+            [("id", "INTEGER"), *((f, "TEXT") for f in entity.fields)],
+            rows,
+        )
+        update_from(
+            conn,
+            table,
+            source,
+            entity.fields,
+            {"archived_at": None, "updated_at": stamp, "last_sync_run_id": run_id},
+        )
+    archives = todo[todo["action"] == ARCHIVE]
+    if len(archives):
+        ids = archives[["lms_id"]].rename(columns={"lms_id": "id"})
+        source = temp_table(conn, "sis_sync_archives", [("id", "INTEGER")], ids)
+        update_from(
+            conn,
+            table,
+            source,
+            [],
+            {"archived_at": stamp, "updated_at": stamp, "last_sync_run_id": run_id},
+        )
+    return counts
+
+
+def _taken_slugs(conn: sa.Connection, target: CommitTarget) -> set[str]:
+    ph = placeholder(conn)
+    frame = read_frame(
+        conn, f"SELECT slug FROM lms_organizations WHERE portal_id = {ph}", (target.portal_id,)
+    )
+    return set(frame["slug"].astype(str))
+
+
+def _record_statuses(conn: sa.Connection, run_id: int, skipped: pd.DataFrame) -> None:
+    ph = placeholder(conn)
+    conn.exec_driver_sql(
+        "UPDATE sis_sync_actions SET status = CASE WHEN selected THEN 'applied' "
+        f"ELSE 'not_selected' END WHERE run_id = {ph}",
+        (run_id,),
+    )
+    if skipped.empty:
+        return
+    ids = skipped[["id"]].astype("int64")
+    source = temp_table(conn, "sis_sync_skipped", [("id", "INTEGER")], ids)
+    update_from(conn, "sis_sync_actions", source, [], {"status": "skipped"})
+    warnings = pd.DataFrame(
+        {
+            "run_id": run_id,
+            "action_id": skipped["id"].astype("int64"),
+            "entity": skipped["entity"],
+            "sis_key": skipped["sis_key"],
+            "kind": "dependency_not_selected",
+            "message": (
+                skipped["entity"]
+                + " "
+                + skipped["sis_key"]
+                + ": skipped because "
+                + skipped["why"].astype(str)
+                + " is not active after this commit (action unticked)"
+            ),
+        }
+    )
+    insert_frame(conn, "sis_sync_warnings", warnings)
+
+
+def lms_snapshot(
+    engine: sa.Engine, portal_id: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Every LMS row, for tests and checks that compare the store row by row."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    with engine.connect() as conn:
+        for entity in model.ENTITIES:
+            table = sa.table(lms_table_name(entity.name))
+            query = sa.text(f"SELECT * FROM {lms_table_name(entity.name)} ORDER BY id")
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+            if portal_id is not None:
+                rows = [r for r in rows if r["portal_id"] == portal_id]
+            out[table.name] = rows
+    return out

@@ -1,0 +1,123 @@
+"""Connecting to the LMS database and keeping its schema at the migrations' head."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The LMS database is not at the migrations' head: run the migrations first."""
+
+
+def url_from_connection(
+    conn_type: str,
+    host: str | None,
+    *,
+    login: str | None = None,
+    password: str | None = None,
+    port: int | None = None,
+    schema: str | None = None,
+    extra: str | dict[str, Any] | None = None,
+) -> str:
+    """A SQLAlchemy URL from an Airflow connection's fields (no Airflow import needed).
+
+    ``sqlite``: ``host`` is the absolute path of the database file. ``postgres``: the usual
+    host, port, login, password and database (``schema``). An ``extra`` holding ``url`` wins.
+    """
+    extras = json.loads(extra) if isinstance(extra, str) and extra else (extra or {})
+    if isinstance(extras, dict) and extras.get("url"):
+        return str(extras["url"])
+    kind = (conn_type or "").lower()
+    if kind == "sqlite":
+        if not host:
+            raise ValueError("connection lms_db (sqlite): 'host' must be the database file path")
+        return f"sqlite:///{host}"
+    if kind in ("postgres", "postgresql"):
+        auth = ""
+        if login:
+            auth = quote(login, safe="") + (f":{quote(password, safe='')}" if password else "")
+            auth += "@"
+        return f"postgresql+psycopg://{auth}{host or 'localhost'}:{port or 5432}/{schema or ''}"
+    raise ValueError(f"connection lms_db: unsupported conn_type {conn_type!r} (sqlite, postgres)")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets readers work beside a commit; never switch the journal off (a killed commit
+    would then corrupt the file)."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.execute("PRAGMA temp_store=MEMORY")
+    cursor.execute("PRAGMA cache_size=-200000")
+    cursor.close()
+
+
+def _sqlite_begin(connection: sa.Connection) -> None:
+    """Begin the transaction ourselves: pysqlite's implicit one starts only at the first write,
+    leaving earlier reads and DDL of a commit outside it."""
+    connection.exec_driver_sql("BEGIN")
+
+
+@cache
+def engine_for(url: str) -> sa.Engine:
+    """One engine per database URL and process."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def _alembic_config(connection: sa.Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration shipped with this code."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+def migrate(url: str) -> str:
+    """Bring the database to the head migration; returns the revision it is at."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    with engine_for(url).begin() as connection:
+        command.upgrade(_alembic_config(connection), "head")
+    return current_revision(url) or ""
+
+
+def current_revision(url: str) -> str | None:
+    with engine_for(url).connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def check_schema(url: str) -> None:
+    """Fail clearly when the database has not been migrated to this code's head."""
+    current, head = current_revision(url), head_revision()
+    if current != head:
+        raise SchemaOutOfDate(
+            f"the LMS database is at migration {current or 'none'} but this code needs {head}: "
+            "run `python -m include.sis_sync.cli migrate` (or `make setup`) first"
+        )

@@ -1,0 +1,124 @@
+"""The LMS store and the staging tables, as SQLAlchemy Core tables.
+
+Alembic migrations (``lms/migrations``) create and evolve these tables; this module is what
+queries use. Every LMS table has the same bookkeeping columns: a surrogate ``id`` kept for ever
+(also through archive and reactivation), the portal and provider, the provider's ``sis_key``,
+``archived_at`` (NULL = active) and timestamps. Canonical fields are stored as text, exactly as
+the canonical model holds them.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from include.sis_sync import model
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def lms_table_name(entity: str) -> str:
+    return f"lms_{entity}"
+
+
+def _lms_table(entity: model.Entity) -> sa.Table:
+    extra: list[sa.SchemaItem] = []
+    if entity is model.ORGANIZATIONS:
+        extra = [
+            sa.Column("slug", sa.String(200), nullable=False),
+            sa.UniqueConstraint("portal_id", "slug"),
+        ]
+    return sa.Table(
+        lms_table_name(entity.name),
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("portal_id", sa.String(64), nullable=False),
+        sa.Column("sis_provider", sa.String(32), nullable=False),
+        sa.Column("sis_key", sa.String(255), nullable=False),
+        *(sa.Column(name, sa.Text, nullable=True) for name in entity.fields),
+        sa.Column("archived_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_sync_run_id", sa.Integer, nullable=True),
+        sa.UniqueConstraint("portal_id", "sis_provider", "sis_key"),
+        *extra,
+    )
+
+
+LMS_TABLES: dict[str, sa.Table] = {e.name: _lms_table(e) for e in model.ENTITIES}
+
+runs = sa.Table(
+    "sis_sync_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("portal_id", sa.String(64), nullable=False, index=True),
+    sa.Column("dag_id", sa.String(250), nullable=False),
+    sa.Column("airflow_run_id", sa.String(250), nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),  # asked: full | quick
+    sa.Column("ran_as", sa.String(16), nullable=True),  # what it really was: full | quick
+    sa.Column("trigger", sa.String(16), nullable=False),  # scheduled | manual | backfill
+    sa.Column("triggered_by", sa.String(250), nullable=True),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("schools", sa.Text, nullable=True),  # JSON list of the run's subset, or NULL
+    sa.Column("source", sa.Text, nullable=True),  # where the data came from (drop path)
+    sa.Column("source_date", sa.Date, nullable=True),  # the drop's date, for file drops
+    sa.Column("checkpoint", sa.Text, nullable=True),
+    sa.Column("auto_commit", sa.Boolean, nullable=False, default=False),
+    sa.Column("allow_mass_archive", sa.Boolean, nullable=False, default=False),
+    sa.Column("counts", sa.Text, nullable=True),  # JSON {entity: {action: n}}
+    sa.Column("guard_decisions", sa.Text, nullable=True),  # JSON list of guard results
+    sa.Column("decision", sa.String(32), nullable=True),  # auto_commit | approval
+    sa.Column("approved_by", sa.String(250), nullable=True),
+    sa.Column("timings", sa.Text, nullable=True),  # JSON {task: seconds}
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("committed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.UniqueConstraint("dag_id", "airflow_run_id"),
+)
+
+# One row per portal while a sync of it is in flight: the per-portal lock.
+locks = sa.Table(
+    "sis_sync_locks",
+    metadata,
+    sa.Column("portal_id", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.Integer, nullable=False),
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+actions = sa.Table(
+    "sis_sync_actions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer, nullable=False),
+    sa.Column("portal_id", sa.String(64), nullable=False),
+    sa.Column("entity", sa.String(32), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # add | update | archive | reactivate
+    sa.Column("sis_key", sa.String(255), nullable=False),
+    sa.Column("lms_id", sa.Integer, nullable=True),
+    sa.Column("school_key", sa.String(255), nullable=True),
+    sa.Column("kind", sa.String(32), nullable=True),  # users: primary role
+    sa.Column("reason", sa.String(64), nullable=True),
+    sa.Column("changes", sa.Text, nullable=True),  # JSON {field: [before, after]}
+    sa.Column("selected", sa.Boolean, nullable=False, default=True),
+    sa.Column("status", sa.String(16), nullable=False),  # staged | applied | skipped
+    sa.Index("ix_sis_sync_actions_run", "run_id", "entity", "action"),
+)
+
+warnings = sa.Table(
+    "sis_sync_warnings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer, nullable=False, index=True),
+    sa.Column("action_id", sa.Integer, nullable=True),
+    sa.Column("entity", sa.String(32), nullable=True),
+    sa.Column("sis_key", sa.String(255), nullable=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+)

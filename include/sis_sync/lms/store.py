@@ -1,0 +1,45 @@
+"""Reading the portal's current LMS rows, always scoped by portal and provider."""
+
+from __future__ import annotations
+
+import pandas as pd
+import sqlalchemy as sa
+
+from include.sis_sync import model
+from include.sis_sync.lms.bulk import placeholder, quote_name, read_frame
+from include.sis_sync.lms.schema import lms_table_name
+
+
+def read_current(
+    conn: sa.Connection, portal_id: str, provider: str, entity: model.Entity
+) -> pd.DataFrame:
+    """Every LMS row of one entity for the portal: ``id``, ``sis_key``, ``active``, fields."""
+    fields = ", ".join(quote_name(conn, f) for f in entity.fields)
+    table = quote_name(conn, lms_table_name(entity.name))
+    ph = placeholder(conn)
+    sql = (
+        f"SELECT id, sis_key, CASE WHEN archived_at IS NULL THEN 1 ELSE 0 END AS active, {fields} "
+        f"FROM {table} WHERE portal_id = {ph} AND sis_provider = {ph}"
+    )
+    frame = read_frame(conn, sql, (portal_id, provider))
+    out = pd.DataFrame(
+        {
+            "id": frame["id"].astype("Int64"),
+            "sis_key": frame["sis_key"].astype("string"),
+            "active": frame["active"].astype("int64").astype(bool),
+        }
+    )
+    for f in entity.fields:
+        out[f] = frame[f].astype("string")
+    return out
+
+
+def read_all_current(conn: sa.Connection, portal_id: str, provider: str) -> dict[str, pd.DataFrame]:
+    return {e.name: read_current(conn, portal_id, provider, e) for e in model.ENTITIES}
+
+
+def active_keys(current: dict[str, pd.DataFrame]) -> dict[str, pd.Index]:
+    """The active LMS keys of each entity, for reference checks."""
+    return {
+        name: pd.Index(frame.loc[frame["active"], "sis_key"]) for name, frame in current.items()
+    }

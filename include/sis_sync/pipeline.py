@@ -1,0 +1,442 @@
+"""The stages of one sync, as plain functions: the DAG's tasks and the benchmarks call these.
+
+Each stage reads what the previous one left in the run's data folder or in staging, does its
+work set-based, logs counts and timings (never personal data), and returns a small summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import pyarrow as pa
+
+from include.sis_sync import guards, model
+from include.sis_sync.config import Portal
+from include.sis_sync.diff import DiffInput, diff_snapshot
+from include.sis_sync.lms import commit as lms_commit
+from include.sis_sync.lms.db import check_schema, engine_for
+from include.sis_sync.lms.store import active_keys, read_all_current
+from include.sis_sync.providers import oneroster_csv
+from include.sis_sync.rundata import RunData, purge_expired
+from include.sis_sync.staging import (
+    RunRequest,
+    acquire_lock,
+    get_run,
+    last_committed,
+    open_run,
+    release_lock,
+    update_run,
+    write_change_set,
+)
+from include.sis_sync.transform import Scope, build_scope, derive_user_organizations, restrict
+from include.sis_sync.validation import SnapshotInvalid, check_references, run_suites
+
+log = logging.getLogger("sis_sync")
+
+PROVIDER_KEYS = {"oneroster_csv": "oneroster"}
+
+
+class DropRefused(RuntimeError):
+    """An old drop that would roll the LMS back; the run must say ``replay`` to use it."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage needs to know about the run, free of Airflow types."""
+
+    portal: Portal
+    lms_url: str
+    dag_id: str
+    airflow_run_id: str
+    run_type: str  # scheduled | manual | backfill
+    logical_date: datetime | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    triggered_by: str | None = None
+
+    @property
+    def provider(self) -> str:
+        return PROVIDER_KEYS[self.portal.provider]
+
+    @property
+    def engine(self) -> Any:
+        return engine_for(self.lms_url)
+
+    @property
+    def schools(self) -> list[str] | None:
+        return list(self.params.get("schools") or []) or None
+
+    def data(self, run_id: int) -> RunData:
+        return RunData.for_run(self.portal.id, run_id)
+
+
+@contextmanager
+def timed(ctx: RunContext, run_id: int, stage: str) -> Iterator[dict[str, Any]]:
+    """Time a stage, log its summary and keep the timing on the run's row."""
+    summary: dict[str, Any] = {}
+    started = time.perf_counter()
+    yield summary
+    seconds = round(time.perf_counter() - started, 3)
+    summary["seconds"] = seconds
+    run = get_run(ctx.engine, run_id)
+    timings = _json(run.get("timings")) or {}
+    timings[stage] = seconds
+    update_run(ctx.engine, run_id, timings=timings)
+    log.info("%s: %s", stage, summary)
+
+
+def _json(value: Any) -> Any:
+    import json
+
+    return json.loads(value) if isinstance(value, str) and value else value
+
+
+# --------------------------------------------------------------------------------------------
+# start
+# --------------------------------------------------------------------------------------------
+
+
+def start(ctx: RunContext) -> dict[str, Any]:
+    """Open the run's row and take the portal's lock; ``locked_by`` names a run in the way."""
+    check_schema(ctx.lms_url)
+    request = RunRequest(
+        portal_id=ctx.portal.id,
+        dag_id=ctx.dag_id,
+        airflow_run_id=ctx.airflow_run_id,
+        mode=str(ctx.params.get("mode") or ctx.portal.scheduled_mode),
+        trigger=ctx.run_type,
+        triggered_by=ctx.triggered_by,
+        schools=ctx.schools,
+        auto_commit=bool(ctx.params.get("auto_commit", ctx.portal.auto_commit)),
+        allow_mass_archive=bool(ctx.params.get("allow_mass_archive", False)),
+    )
+    run_id = open_run(ctx.engine, request)
+    holder = acquire_lock(ctx.engine, ctx.portal.id, run_id)
+    if holder is not None:
+        log.info("portal %s is busy with run %s; run %s waits", ctx.portal.id, holder, run_id)
+    else:
+        log.info("run %s of portal %s started (lock taken)", run_id, ctx.portal.id)
+    return {"run_id": run_id, "locked_by": holder}
+
+
+# --------------------------------------------------------------------------------------------
+# extract
+# --------------------------------------------------------------------------------------------
+
+
+def drop_date_for(ctx: RunContext) -> date | None:
+    """The drop a run reads: the one its params name, else its logical date's for scheduled
+    and backfill runs (in the portal's time zone), else None (the newest)."""
+    named = ctx.params.get("drop_date")
+    if named:
+        return date.fromisoformat(str(named))
+    if ctx.run_type in ("scheduled", "backfill") and ctx.logical_date is not None:
+        return ctx.logical_date.astimezone(ZoneInfo(ctx.portal.timezone)).date()
+    return None
+
+
+def extract(ctx: RunContext, run_id: int) -> dict[str, Any]:
+    """Read the drop into raw Parquet; refuse a drop older than the newest one committed."""
+    with timed(ctx, run_id, "extract") as summary:
+        template = ctx.portal.source.resolve()
+        path, drop_date = oneroster_csv.locate_drop(template, drop_date_for(ctx))
+        newest = last_committed(ctx.engine, ctx.portal.id)["newest_drop"]
+        if drop_date and newest and drop_date < newest and not ctx.params.get("replay"):
+            update_run(
+                ctx.engine,
+                run_id,
+                status="refused",
+                source=path,
+                source_date=drop_date,
+                error=f"drop {drop_date} is older than the newest committed drop {newest}",
+            )
+            raise DropRefused(
+                f"{path}: the drop of {drop_date} is older than the newest drop already committed "
+                f"({newest}); applying it would roll the LMS back. Trigger with replay=true to "
+                "apply it anyway."
+            )
+        drop = oneroster_csv.read_drop(path)
+        ctx.data(run_id).write_tables("raw", drop.tables)
+        modes = oneroster_csv.entity_modes(drop.modes, ctx.portal.entities)
+        ran_as = "quick" if "delta" in modes.values() else "full"
+        ctx.data(run_id).write_json("extract", {"modes": modes, "drop": path})
+        update_run(ctx.engine, run_id, source=path, source_date=drop_date, ran_as=ran_as)
+        summary.update(
+            drop=path,
+            drop_date=str(drop_date) if drop_date else None,
+            ran_as=ran_as,
+            files=drop.modes,
+            rows=drop.row_counts(),
+        )
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# transform
+# --------------------------------------------------------------------------------------------
+
+
+def transform(ctx: RunContext, run_id: int) -> dict[str, Any]:
+    """Raw provider tables to the canonical frames."""
+    with timed(ctx, run_id, "transform") as summary:
+        data = ctx.data(run_id)
+        raw = data.read_frames("raw")
+        frames = oneroster_csv.to_canonical(raw, ctx.portal.entities)
+        data.write_frames("canonical", frames)
+        summary["rows"] = {name: len(frame) for name, frame in frames.items()}
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# validate_snapshot
+# --------------------------------------------------------------------------------------------
+
+
+def validate_snapshot(ctx: RunContext, run_id: int) -> dict[str, Any]:
+    """Reference checks (warnings, rows or links dropped) then the fatal GX suites."""
+    with timed(ctx, run_id, "validate_snapshot") as summary:
+        data = ctx.data(run_id)
+        frames = data.read_frames("canonical")
+        modes = data.read_json("extract")["modes"]
+        with ctx.engine.connect() as conn:
+            current = read_all_current(conn, ctx.portal.id, ctx.provider)
+        lms_keys = {n: k for n, k in active_keys(current).items() if modes.get(n) != "bulk"}
+        frames, warnings = check_references(frames, lms_keys)
+        if model.USERS.name in frames:
+            frames[model.USER_ORGANIZATIONS.name] = derive_user_organizations(frames["users"])
+        fatal = run_suites(frames, modes)
+        data.write_json("findings", [f.as_dict() for f in [*warnings, *fatal]])
+        if fatal:
+            update_run(ctx.engine, run_id, error=str(SnapshotInvalid(fatal)))
+            raise SnapshotInvalid(fatal)
+        data.write_frames("validated", frames)
+        summary.update(warnings=len(warnings), rows={n: len(f) for n, f in frames.items()})
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# diff
+# --------------------------------------------------------------------------------------------
+
+
+def _scope(
+    ctx: RunContext, frames: Mapping[str, pd.DataFrame], current: Mapping[str, pd.DataFrame]
+) -> Scope:
+    known = pd.concat(
+        [
+            f[["sis_key", "kind", "parent_key"]]
+            for f in (frames.get("organizations"), current.get("organizations"))
+            if f is not None
+        ],
+        ignore_index=True,
+    ).drop_duplicates("sis_key")
+    return build_scope(known, ctx.portal.schools.synced, ctx.schools)
+
+
+def _synced_roles(ctx: RunContext) -> frozenset[str]:
+    switches = ctx.portal.entities
+    return frozenset(
+        role for role, switch in oneroster_csv.ROLE_SWITCH.items() if getattr(switches, switch)
+    )
+
+
+def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
+    """Diff the validated snapshot against the LMS and stage the actions and warnings."""
+    from include.sis_sync.validation import Finding
+
+    with timed(ctx, run_id, "diff") as summary:
+        data = ctx.data(run_id)
+        frames = data.read_frames("validated")
+        modes = data.read_json("extract")["modes"]
+        with ctx.engine.connect() as conn:
+            current = read_all_current(conn, ctx.portal.id, ctx.provider)
+        scope = _scope(ctx, frames, current)
+        frames = restrict(frames, scope)
+        window = ctx.portal.school_year
+        change_set = diff_snapshot(
+            frames,
+            DiffInput(
+                modes=modes,
+                current=current,
+                scope=scope,
+                synced_roles=_synced_roles(ctx),
+                school_year=(window.start.isoformat(), window.end.isoformat()) if window else None,
+            ),
+        )
+        findings = [Finding(**f) for f in data.read_json("findings")]
+        if change_set.outside_school_year:
+            findings.append(
+                Finding(
+                    "sections",
+                    "outside_school_year",
+                    "warning",
+                    change_set.outside_school_year,
+                    [],
+                    "classes whose terms all fall outside the school year: not added or updated",
+                )
+            )
+        counts = write_change_set(ctx.engine, run_id, ctx.portal.id, change_set, findings)
+        data.write_frames("scoped", frames)
+        data.write_json("scope", {"schools": sorted(scope.schools) if scope.schools else None})
+        summary.update(
+            counts={e: {a: n for a, n in c.items() if n} for e, c in counts.items()},
+            actions=len(change_set.actions),
+            warnings=len(findings),
+        )
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# validate_changes (the guards) and the gate
+# --------------------------------------------------------------------------------------------
+
+
+def _active_base(current: Mapping[str, pd.DataFrame], scope: Scope) -> pd.DataFrame:
+    """One row per active LMS record in scope, with its guard kind and school."""
+    from include.sis_sync.diff import _kind_of, _school_of
+    from include.sis_sync.transform import in_scope
+
+    parts = []
+    for name in guards.GUARDED:
+        frame = current.get(name)
+        if frame is None or frame.empty:
+            continue
+        entity = model.BY_NAME[name]
+        frame = frame[frame["active"] & in_scope(frame, entity, scope.organizations)]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "entity": name,
+                    "kind": _kind_of(frame, entity),
+                    "school_key": _school_of(frame, entity),
+                }
+            )
+        )
+    if not parts:
+        return pd.DataFrame(columns=["entity", "kind", "school_key"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def validate_changes(ctx: RunContext, run_id: int) -> dict[str, Any]:
+    """Evaluate the guards and record their decision; a guard never fails the task."""
+    from include.sis_sync.lms.bulk import placeholder, read_frame
+
+    with timed(ctx, run_id, "validate_changes") as summary:
+        data = ctx.data(run_id)
+        with ctx.engine.connect() as conn:
+            current = read_all_current(conn, ctx.portal.id, ctx.provider)
+            ph = placeholder(conn)
+            actions = read_frame(
+                conn,
+                f"SELECT entity, action, kind, school_key FROM sis_sync_actions WHERE run_id = {ph}",
+                (run_id,),
+            )
+        scope = _scope(ctx, data.read_frames("validated"), current)
+        results = guards.evaluate(actions, _active_base(current, scope), ctx.portal.guards)
+        trips = guards.tripped(results)
+        update_run(ctx.engine, run_id, guard_decisions=[r.as_dict() for r in trips])
+        summary.update(tripped=[r.describe() for r in trips], guards_checked=len(results))
+    return summary
+
+
+def gate(ctx: RunContext, run_id: int, tripped: list[str]) -> str:
+    """``commit`` when auto-commit is on and no guard tripped (or mass archive is allowed),
+    else ``await_approval``. The run records the decision."""
+    auto = bool(ctx.params.get("auto_commit", ctx.portal.auto_commit))
+    allow = bool(ctx.params.get("allow_mass_archive", False))
+    if auto and (not tripped or allow):
+        decision = "auto_commit_guards_overridden" if tripped else "auto_commit"
+        update_run(ctx.engine, run_id, decision=decision)
+        return "commit"
+    update_run(ctx.engine, run_id, decision="approval", status="awaiting_approval")
+    return "await_approval"
+
+
+def approval_body(ctx: RunContext, run_id: int, tripped: list[str]) -> str:
+    """The Markdown an approver reads: counts per entity and action, and the guards tripped."""
+    from include.sis_sync.report import counts_table
+
+    run = get_run(ctx.engine, run_id)
+    counts = _json(run["counts"]) or {}
+    lines = [
+        f"**Portal** {ctx.portal.name} (`{ctx.portal.id}`), run {run_id}, "
+        f"source `{run.get('source') or '-'}`",
+        "",
+        counts_table(counts),
+        "",
+    ]
+    if tripped:
+        lines.append("**Guards tripped**: this change set needs a human decision.")
+        lines += [f"- {t}" for t in tripped]
+    else:
+        lines.append("No guard tripped; auto-commit is off for this run.")
+    lines += ["", "Approve to apply these changes to the LMS; Reject to discard them."]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# commit and report
+# --------------------------------------------------------------------------------------------
+
+
+def commit(ctx: RunContext, run_id: int, approved_by: str | None = None) -> dict[str, Any]:
+    """Apply the run's selected actions in one transaction with its status and checkpoint."""
+    with timed(ctx, run_id, "commit") as summary:
+        run = get_run(ctx.engine, run_id)
+        if approved_by:
+            update_run(ctx.engine, run_id, approved_by=approved_by)
+        frames = ctx.data(run_id).read_frames("scoped")
+        checkpoint = run["source_date"].isoformat() if run.get("source_date") else None
+        schools = ctx.portal.schools
+        slugs = dict(schools.mapping) if isinstance(schools.mapping, dict) else {}
+        if schools.mode == "single" and schools.school and schools.slug:
+            slugs[schools.school] = schools.slug
+        result = lms_commit.commit_run(
+            ctx.engine,
+            run_id,
+            frames,
+            lms_commit.CommitTarget(ctx.portal.id, ctx.provider, slugs),
+            checkpoint=checkpoint,
+        )
+        summary.update(
+            already_committed=result.already_committed,
+            applied={e: {a: n for a, n in c.items() if n} for e, c in result.applied.items()},
+            skipped=result.skipped,
+            not_selected=result.not_selected,
+        )
+    return summary
+
+
+def finish(ctx: RunContext, run_id: int, outcome: str, error: str | None = None) -> dict[str, Any]:
+    """Write the run's final status, release the lock, purge expired run data, and report.
+
+    ``outcome`` is what the DAG saw: ``committed``, ``rejected``, ``expired`` or ``failed``;
+    a run the database already calls committed or refused keeps that status.
+    """
+    from include.sis_sync.report import build_report
+    from include.sis_sync.staging import now
+
+    run = get_run(ctx.engine, run_id)
+    status = run["status"] if run["status"] in ("committed", "refused") else outcome
+    if status == "committed" and outcome == "failed":
+        status = "committed"
+    values: dict[str, Any] = {"status": status, "finished_at": now()}
+    if error and not run.get("error"):
+        values["error"] = error
+    update_run(ctx.engine, run_id, **values)
+    release_lock(ctx.engine, ctx.portal.id, run_id)
+    purged = purge_expired(ctx.portal.id, ctx.portal.retention_days)
+    report = build_report(ctx.engine, run_id)
+    report["purged_run_folders"] = purged
+    return report
+
+
+def empty_arrow(names: list[str]) -> pa.Table:
+    return pa.table({n: pa.array([], pa.string()) for n in names})

@@ -1,0 +1,397 @@
+"""OneRoster 1.1 CSV drops: find the drop, read it, and map it to the canonical frames.
+
+A drop is a folder or a zip holding ``manifest.csv`` and one CSV per entity. The manifest says,
+per file, ``bulk`` (the complete set), ``delta`` (changed rows only, ``tobedeleted`` marks a
+delete) or ``absent`` (not supplied: that entity is left alone). Columns are matched by name,
+since vendors reorder them; extension columns (``metadata.*``) are ignored.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import re
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import IO
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from include.sis_sync import model
+from include.sis_sync.config import Entities
+
+MODES = ("bulk", "delta", "absent")
+
+# OneRoster file stem -> the columns a file must have to be usable.
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "orgs": ("sourcedId", "name", "type"),
+    "academicSessions": ("sourcedId", "title", "type", "startDate", "endDate"),
+    "courses": ("sourcedId", "title", "orgSourcedId"),
+    "classes": ("sourcedId", "title", "courseSourcedId", "schoolSourcedId", "termSourcedIds"),
+    "users": ("sourcedId", "orgSourcedIds", "role", "username", "givenName", "familyName"),
+    "enrollments": ("sourcedId", "classSourcedId", "schoolSourcedId", "userSourcedId", "role"),
+}
+DELTA_COLUMNS = ("status", "dateLastModified")
+ROSTER_FILES = tuple(REQUIRED_COLUMNS)
+
+
+class DropError(ValueError):
+    """A drop that cannot be read; the message names the drop, the file and the column."""
+
+
+@dataclass
+class RawDrop:
+    """The roster files of one drop, as read: all values text, blanks as ``""``."""
+
+    path: str
+    modes: dict[str, str]
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+
+    def row_counts(self) -> dict[str, int]:
+        return {name: table.num_rows for name, table in self.tables.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Finding a drop
+# --------------------------------------------------------------------------------------------
+
+
+def list_drops(template: str) -> dict[date, str]:
+    """Every dated drop a ``{date}`` path template matches, by date."""
+    pattern = glob.escape(template).replace(glob.escape("{date}"), "*")
+    regex = re.compile(re.escape(template).replace(re.escape("{date}"), r"(\d{4}-\d{2}-\d{2})"))
+    drops: dict[date, str] = {}
+    for candidate in glob.glob(pattern):
+        match = regex.fullmatch(candidate)
+        if match:
+            try:
+                drops[date.fromisoformat(match.group(1))] = candidate
+            except ValueError:
+                continue
+    return dict(sorted(drops.items()))
+
+
+def locate_drop(template: str, drop_date: date | None) -> tuple[str, date | None]:
+    """The drop to read: the one of ``drop_date``, else the newest; undated paths as they are."""
+    if "{date}" not in template:
+        if not Path(template).exists():
+            raise DropError(f"{template}: the portal's drop path does not exist")
+        return template, None
+    drops = list_drops(template)
+    if drop_date is not None:
+        if drop_date not in drops:
+            raise DropError(
+                f"{template.replace('{date}', drop_date.isoformat())}: no drop for {drop_date}"
+            )
+        return drops[drop_date], drop_date
+    if not drops:
+        raise DropError(f"{template}: no drop found")
+    newest = max(drops)
+    return drops[newest], newest
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a drop
+# --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _opener(path: str) -> Iterator[tuple[set[str], object]]:
+    """Yield the names in a drop and a function opening one of them as a binary stream."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = {Path(n).name: n for n in archive.namelist() if not n.endswith("/")}
+            yield set(names), lambda name: archive.open(names[name])
+    elif Path(path).is_dir():
+        folder = Path(path)
+        yield {p.name for p in folder.iterdir()}, lambda name: open(folder / name, "rb")  # noqa: SIM115
+    else:
+        raise DropError(f"{path}: a drop is a folder or a .zip file, and this is neither")
+
+
+def _header(stream: IO[bytes], where: str) -> list[str]:
+    line = stream.readline().decode("utf-8-sig").rstrip("\r\n")
+    if not line:
+        raise DropError(f"{where}: the file is empty (no header row)")
+    return next(iter(pd.read_csv(io.StringIO(line), header=None, dtype=str).itertuples(False)))
+
+
+def _read_table(open_file: object, name: str, where: str) -> pa.Table:
+    """Read one CSV with every column as text; tolerate a byte-order mark and CRLF."""
+    with open_file(name) as stream:  # type: ignore[operator]
+        columns = [str(c).strip() for c in _header(stream, where)]
+    with open_file(name) as stream:  # type: ignore[operator]
+        data = stream.read()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(data),
+            read_options=pacsv.ReadOptions(column_names=columns, skip_rows=1),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in columns},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        raise DropError(f"{where}: not a readable CSV file: {exc}") from None
+    return table
+
+
+def read_manifest(path: str) -> dict[str, str]:
+    """``manifest.csv`` as a dict of ``propertyName -> value``."""
+    with _opener(path) as (names, open_file):
+        if "manifest.csv" not in names:
+            raise DropError(f"{path}: manifest.csv is missing from the drop")
+        table = _read_table(open_file, "manifest.csv", f"{path}/manifest.csv")
+    if table.column_names[:2] != ["propertyName", "value"]:
+        raise DropError(
+            f"{path}/manifest.csv: the header must be 'propertyName,value', "
+            f"found {','.join(table.column_names)!r}"
+        )
+    return dict(zip(table["propertyName"].to_pylist(), table["value"].to_pylist(), strict=True))
+
+
+def file_modes(manifest: dict[str, str], path: str) -> dict[str, str]:
+    """The mode of each roster file; a file the manifest does not list is absent."""
+    modes: dict[str, str] = {}
+    for stem in ROSTER_FILES:
+        mode = (manifest.get(f"file.{stem}") or "absent").strip().lower()
+        if mode not in MODES:
+            raise DropError(
+                f"{path}/manifest.csv: field 'file.{stem}' is {mode!r}; "
+                f"expected one of {', '.join(MODES)}"
+            )
+        modes[stem] = mode
+    return modes
+
+
+def read_drop(path: str) -> RawDrop:
+    """Read every roster file the manifest supplies, checking that each is there and usable.
+
+    Checks everything before returning, so a bad drop stages nothing.
+    """
+    modes = file_modes(read_manifest(path), path)
+    drop = RawDrop(path=path, modes=modes)
+    with _opener(path) as (names, open_file):
+        for stem, mode in modes.items():
+            if mode == "absent":
+                continue
+            filename = f"{stem}.csv"
+            where = f"{path}/{filename}"
+            if filename not in names:
+                raise DropError(
+                    f"{where}: manifest.csv lists file.{stem}={mode} but the drop has no {filename}"
+                )
+            table = _read_table(open_file, filename, where)
+            required = REQUIRED_COLUMNS[stem] + (DELTA_COLUMNS if mode == "delta" else ())
+            missing = [c for c in required if c not in table.column_names]
+            if missing:
+                raise DropError(
+                    f"{where}: missing required column(s) {', '.join(repr(c) for c in missing)}"
+                    f" (a {mode} {filename} needs {', '.join(required)})"
+                )
+            if mode == "delta":
+                _check_delta_status(table, where)
+            drop.tables[stem] = table
+    return drop
+
+
+def _check_delta_status(table: pa.Table, where: str) -> None:
+    """A delta row must say whether it is active or to be deleted."""
+    status = table["status"].to_pandas()
+    blank = status.str.strip() == ""
+    if blank.any():
+        keys = table["sourcedId"].to_pandas()[blank].head(5).tolist()
+        raise DropError(
+            f"{where}: column 'status' is blank in {int(blank.sum())} delta row(s), "
+            f"e.g. sourcedId {', '.join(keys)}; a delta row must be active or tobedeleted"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Mapping to the canonical model
+# --------------------------------------------------------------------------------------------
+
+ORG_KINDS = {"local": "district"}
+TERM_KINDS = {"schoolYear": "school_year", "gradingPeriod": "grading_period"}
+USER_ROLES = {
+    "proctor": "staff",
+    "guardian": "contact",
+    "parent": "contact",
+    "relative": "contact",
+}
+ROLE_SWITCH = {
+    "student": "students",
+    "teacher": "teachers",
+    "administrator": "administrators",
+    "aide": "staff",
+    "staff": "staff",
+    "contact": "contacts",
+}
+
+
+def _col(frame: pd.DataFrame, name: str) -> pd.Series:
+    if name in frame.columns:
+        return frame[name]
+    return pd.Series(pd.NA, index=frame.index, dtype="string")
+
+
+def _status(frame: pd.DataFrame) -> pd.Series:
+    """``inactive`` is OneRoster 1.0's word for ``tobedeleted``; blank means active."""
+    status = _col(frame, "status").astype("string").str.strip().str.lower()
+    return status.replace({"inactive": model.TO_BE_DELETED, "": model.ACTIVE}).fillna(model.ACTIVE)
+
+
+def _flag(values: pd.Series) -> pd.Series:
+    lowered = values.astype("string").str.strip().str.lower()
+    return lowered.map({"true": "true", "false": "false", "1": "true", "0": "false"}).astype(
+        "string"
+    )
+
+
+def _organizations(f: pd.DataFrame) -> pd.DataFrame:
+    kind = f["type"].astype("string").str.strip()
+    return pd.DataFrame(
+        {
+            "sis_key": f["sourcedId"],
+            "sis_status": _status(f),
+            "name": f["name"],
+            "kind": kind.replace(ORG_KINDS),
+            "parent_key": _col(f, "parentSourcedId"),
+            "school_number": _col(f, "identifier"),
+        }
+    )
+
+
+def _terms(f: pd.DataFrame) -> pd.DataFrame:
+    kind = f["type"].astype("string").str.strip()
+    return pd.DataFrame(
+        {
+            "sis_key": f["sourcedId"],
+            "sis_status": _status(f),
+            "name": f["title"],
+            "kind": kind.replace(TERM_KINDS),
+            "start_date": f["startDate"].str.slice(0, 10),
+            "end_date": f["endDate"].str.slice(0, 10),
+            "parent_key": _col(f, "parentSourcedId"),
+            "school_year": _col(f, "schoolYear"),
+        }
+    )
+
+
+def _courses(f: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "sis_key": f["sourcedId"],
+            "sis_status": _status(f),
+            "title": f["title"],
+            "code": _col(f, "courseCode"),
+            "organization_key": f["orgSourcedId"],
+            "school_year_key": _col(f, "schoolYearSourcedId"),
+            "grades": model.join_sorted(_col(f, "grades")),
+            "subjects": model.join_sorted(_col(f, "subjects")),
+        }
+    )
+
+
+def _users(f: pd.DataFrame) -> pd.DataFrame:
+    role = f["role"].astype("string").str.strip().str.lower().replace(USER_ROLES)
+    return pd.DataFrame(
+        {
+            "sis_key": f["sourcedId"],
+            "sis_status": _status(f),
+            "role": role,
+            "roles": role,
+            "given_name": f["givenName"],
+            "family_name": f["familyName"],
+            "middle_name": _col(f, "middleName"),
+            "email": _col(f, "email"),
+            "username": f["username"],
+            "sis_id": _col(f, "identifier"),
+            "student_number": pd.NA,
+            "teacher_number": pd.NA,
+            "grades": model.join_sorted(_col(f, "grades")),
+            "organizations": model.join_sorted(f["orgSourcedIds"]),
+            "enabled": _flag(_col(f, "enabledUser")),
+        }
+    )
+
+
+def _sections(f: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "sis_key": f["sourcedId"],
+            "sis_status": _status(f),
+            "name": f["title"],
+            "organization_key": f["schoolSourcedId"],
+            "course_key": f["courseSourcedId"],
+            "term_keys": model.join_sorted(f["termSourcedIds"]),
+            "period": model.join_sorted(_col(f, "periods")),
+            "subject": model.join_sorted(_col(f, "subjects")),
+            "grades": model.join_sorted(_col(f, "grades")),
+            "code": _col(f, "classCode"),
+            "kind": _col(f, "classType"),
+        }
+    )
+
+
+def _enrollments(f: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "sis_key": f["sourcedId"],
+            "sis_status": _status(f),
+            "section_key": f["classSourcedId"],
+            "user_key": f["userSourcedId"],
+            "organization_key": f["schoolSourcedId"],
+            "role": f["role"].astype("string").str.strip().str.lower(),
+            "primary": _flag(_col(f, "primary")),
+            "begin_date": _col(f, "beginDate").str.slice(0, 10),
+            "end_date": _col(f, "endDate").str.slice(0, 10),
+        }
+    )
+
+
+MAPPERS = {
+    "orgs": (model.ORGANIZATIONS, _organizations),
+    "academicSessions": (model.TERMS, _terms),
+    "courses": (model.COURSES, _courses),
+    "users": (model.USERS, _users),
+    "classes": (model.SECTIONS, _sections),
+    "enrollments": (model.ENROLLMENTS, _enrollments),
+}
+
+
+def entity_modes(modes: dict[str, str], entities: Entities) -> dict[str, str]:
+    """The feed mode of each canonical entity: ``bulk``, ``delta`` or ``absent``.
+
+    An entity the portal does not sync counts as absent: the diff leaves it alone.
+    """
+    out = {entity.name: modes.get(stem, "absent") for stem, (entity, _) in MAPPERS.items()}
+    out[model.USER_ORGANIZATIONS.name] = out[model.USERS.name]
+    if not entities.sections:
+        out[model.SECTIONS.name] = "absent"
+    if not entities.sections or not entities.enrollments:
+        out[model.ENROLLMENTS.name] = "absent"
+    return out
+
+
+def to_canonical(tables: dict[str, pd.DataFrame], entities: Entities) -> dict[str, pd.DataFrame]:
+    """Map the drop's files to canonical frames, keeping only the roles the portal syncs."""
+    frames: dict[str, pd.DataFrame] = {}
+    for stem, (entity, mapper) in MAPPERS.items():
+        if stem in tables:
+            frames[entity.name] = model.conform(mapper(tables[stem]), entity)
+    if "users" in frames:
+        users = frames["users"]
+        wanted = [role for role, switch in ROLE_SWITCH.items() if getattr(entities, switch)]
+        frames["users"] = users[users["role"].isin(wanted)].reset_index(drop=True)
+    return frames

@@ -1,0 +1,99 @@
+"""Run-scoped intermediate data: Parquet frames and small JSON files under SIS_SYNC_DATA_URL.
+
+Each run gets its own folder ``<root>/<portal>/run_<id>/<stage>/``, so a retried task
+overwrites only its own output. Run data holds students' personal data, so it is kept for the
+portal's ``retention_days`` and then deleted (``purge_expired``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from include.sis_sync.config import PROJECT_ROOT
+
+DEFAULT_DATA_DIR = PROJECT_ROOT / ".data" / "runs"
+
+
+def data_root() -> Path:
+    """``SIS_SYNC_DATA_URL`` (a local folder or ``file://`` URL), else ``.data/runs``."""
+    url = os.environ.get("SIS_SYNC_DATA_URL", str(DEFAULT_DATA_DIR))
+    if "://" in url and not url.startswith("file://"):
+        raise ValueError(
+            f"SIS_SYNC_DATA_URL={url!r}: only local folders and file:// URLs are supported so far"
+        )
+    return Path(url.removeprefix("file://"))
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The folder of one run's intermediate data."""
+
+    portal_id: str
+    run_id: int
+    root: Path
+
+    @classmethod
+    def for_run(cls, portal_id: str, run_id: int) -> RunData:
+        return cls(portal_id, run_id, data_root())
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.portal_id / f"run_{self.run_id}"
+
+    def write_tables(self, stage: str, tables: dict[str, pa.Table]) -> None:
+        folder = self.folder / stage
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, table in tables.items():
+            pq.write_table(table, folder / f"{name}.parquet")
+
+    def write_frames(self, stage: str, frames: dict[str, pd.DataFrame]) -> None:
+        self.write_tables(
+            stage, {n: pa.Table.from_pandas(f, preserve_index=False) for n, f in frames.items()}
+        )
+
+    def read_frames(self, stage: str) -> dict[str, pd.DataFrame]:
+        folder = self.folder / stage
+        if not folder.exists():
+            raise FileNotFoundError(f"{folder}: no {stage} data for this run (was it purged?)")
+        return {
+            p.stem: pq.read_table(p).to_pandas(types_mapper=_string_types)
+            for p in sorted(folder.glob("*.parquet"))
+        }
+
+    def write_json(self, name: str, value: Any) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"{name}.json").write_text(json.dumps(value, default=str, indent=1))
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.folder / f"{name}.json").read_text())
+
+
+def _string_types(arrow_type: pa.DataType) -> Any:
+    """Read Arrow strings back as pandas' nullable string dtype."""
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return pd.StringDtype()
+    return None
+
+
+def purge_expired(portal_id: str, retention_days: int, root: Path | None = None) -> int:
+    """Delete this portal's run folders older than the retention period; returns how many."""
+    folder = (root or data_root()) / portal_id
+    if not folder.exists():
+        return 0
+    cutoff = time.time() - retention_days * 86400
+    removed = 0
+    for run in folder.glob("run_*"):
+        if run.is_dir() and run.stat().st_mtime < cutoff:
+            shutil.rmtree(run, ignore_errors=True)
+            removed += 1
+    return removed

@@ -1,0 +1,262 @@
+"""Snapshot validation: Great Expectations suites (fatal) and reference checks (warnings).
+
+Fatal findings stop the run before anything is staged: duplicate or missing keys, missing
+required fields, values outside a vocabulary, an empty frame from a feed that says it is
+complete. Reference findings drop the row or the link and become warnings. Reports name the
+expectation and the failing ``sis_key``s only: never names, emails or other field values.
+Reference checks are anti-joins in pandas, not million-value sets inside an expectation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from include.sis_sync import model
+
+MAX_KEYS_REPORTED = 20
+DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+
+
+@dataclass
+class Finding:
+    """One failed check: which frame, which check, how many rows and a few of their keys."""
+
+    entity: str
+    check: str
+    severity: str  # fatal | warning
+    count: int
+    sis_keys: list[str] = field(default_factory=list)
+    detail: str = ""
+
+    def message(self) -> str:
+        keys = ", ".join(k for k in self.sis_keys if k) or "(no key)"
+        more = (
+            ""
+            if self.count <= len(self.sis_keys)
+            else f" and {self.count - len(self.sis_keys)} more"
+        )
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{self.entity}: {self.check}{detail}: {self.count} row(s): {keys}{more}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SnapshotInvalid(ValueError):
+    """The snapshot failed a fatal check; nothing was staged."""
+
+    def __init__(self, findings: list[Finding]):
+        self.findings = findings
+        super().__init__(
+            "the snapshot failed validation, nothing was staged:\n"
+            + "\n".join(f"- {f.message()}" for f in findings)
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Great Expectations suites
+# --------------------------------------------------------------------------------------------
+
+VOCABULARIES: dict[str, dict[str, tuple[str, ...]]] = {
+    "organizations": {"kind": model.ORGANIZATION_KINDS},
+    "terms": {"kind": model.TERM_KINDS},
+    "users": {"role": model.USER_ROLES},
+    "enrollments": {"role": model.ENROLLMENT_ROLES, "primary": ("true", "false")},
+}
+DATE_FIELDS: dict[str, tuple[str, ...]] = {
+    "terms": ("start_date", "end_date"),
+    "enrollments": ("begin_date", "end_date"),
+}
+
+
+def _expectations(entity: model.Entity, complete: bool) -> list[Any]:
+    """The named expectations for one canonical frame."""
+    import great_expectations.expectations as gxe
+
+    suite: list[Any] = [
+        gxe.ExpectColumnValuesToNotBeNull(column="sis_key"),
+        gxe.ExpectColumnValuesToBeUnique(column="sis_key"),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="sis_status", value_set=[model.ACTIVE, model.TO_BE_DELETED]
+        ),
+    ]
+    suite += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in entity.required]
+    for column, values in VOCABULARIES.get(entity.name, {}).items():
+        suite.append(gxe.ExpectColumnValuesToBeInSet(column=column, value_set=list(values)))
+    for column in DATE_FIELDS.get(entity.name, ()):
+        suite.append(gxe.ExpectColumnValuesToMatchRegex(column=column, regex=DATE_PATTERN))
+    if complete:
+        suite.append(gxe.ExpectTableRowCountToBeBetween(min_value=1))
+    return suite
+
+
+def _context() -> Any:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return context
+
+
+def run_suites(frames: Mapping[str, pd.DataFrame], modes: Mapping[str, str]) -> list[Finding]:
+    """Run each frame's suite; every failed expectation becomes a fatal finding."""
+    import great_expectations as gx
+
+    context = _context()
+    source = context.data_sources.add_pandas("snapshot")
+    findings: list[Finding] = []
+    for entity in model.ENTITIES:
+        frame = frames.get(entity.name)
+        if frame is None:
+            continue
+        name = entity.name
+        batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+        suite = context.suites.add(
+            gx.ExpectationSuite(
+                name=name, expectations=_expectations(entity, modes[name] == "bulk")
+            )
+        )
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{name}_snapshot", data=batch, suite=suite)
+        )
+        result = definition.run(
+            batch_parameters={"dataframe": frame},
+            result_format={
+                "result_format": "COMPLETE",
+                "unexpected_index_column_names": ["sis_key"],
+                "partial_unexpected_count": 0,
+            },
+        )
+        findings += [_finding(name, e) for e in result.describe_dict()["expectations"]]
+    return [f for f in findings if f is not None]
+
+
+def _finding(entity: str, outcome: dict[str, Any]) -> Finding | None:
+    if outcome["success"]:
+        return None
+    kwargs = outcome.get("kwargs") or {}
+    result = outcome.get("result") or {}
+    column = kwargs.get("column")
+    check = outcome["expectation_type"] + (f"({column})" if column else "")
+    if not result:
+        detail = "the expectation could not be evaluated"
+        return Finding(entity, check, "fatal", 0, [], detail)
+    keys = [
+        str(row.get("sis_key")) if row.get("sis_key") is not None else ""
+        for row in (result.get("unexpected_index_list") or [])
+    ]
+    unique_keys = list(dict.fromkeys(keys))[:MAX_KEYS_REPORTED]
+    count = int(result.get("unexpected_count") or 0)
+    detail = ""
+    if "observed_value" in result and column is None:
+        detail = f"observed {result['observed_value']} rows"
+    return Finding(entity, check, "fatal", count, unique_keys, detail)
+
+
+# --------------------------------------------------------------------------------------------
+# Reference checks: warnings, with the row or the link dropped
+# --------------------------------------------------------------------------------------------
+
+
+def _keys(
+    frames: Mapping[str, pd.DataFrame], lms_keys: Mapping[str, pd.Index], name: str
+) -> pd.Index:
+    """Keys a reference may point at: active snapshot rows, plus active LMS rows."""
+    frame = frames.get(name)
+    keys = pd.Index([], dtype="string")
+    if frame is not None:
+        keys = pd.Index(frame.loc[frame["sis_status"] == model.ACTIVE, "sis_key"])
+    extra = lms_keys.get(name)
+    if extra is not None and len(extra):
+        keys = keys.union(extra)
+    return keys
+
+
+def _warn(entity: str, check: str, keys: pd.Series, detail: str) -> Finding:
+    sample = keys.dropna().astype(str).head(MAX_KEYS_REPORTED).tolist()
+    return Finding(entity, check, "warning", len(keys), sample, detail)
+
+
+def check_references(
+    frames: dict[str, pd.DataFrame], lms_keys: Mapping[str, pd.Index]
+) -> tuple[dict[str, pd.DataFrame], list[Finding]]:
+    """Drop rows or links that point at records neither the feed nor the LMS carries.
+
+    ``lms_keys`` holds the active LMS keys of each entity the feed does not carry completely
+    (a delta or an absent file), so a delta enrollment into an existing section is fine.
+    """
+    out = dict(frames)
+    findings: list[Finding] = []
+
+    def known(name: str) -> pd.Index:
+        return _keys(out, lms_keys, name)
+
+    if "enrollments" in out:
+        enrollments = out["enrollments"]
+        live = enrollments["sis_status"] == model.ACTIVE
+        for column, target in (("section_key", "sections"), ("user_key", "users")):
+            if target not in out and target not in lms_keys:
+                continue
+            bad = live & ~enrollments[column].isin(known(target))
+            if bad.any():
+                findings.append(
+                    _warn(
+                        "enrollments",
+                        f"unknown_{target[:-1]}",
+                        enrollments.loc[bad, "sis_key"],
+                        f"{column} names a {target[:-1]} the feed does not carry; row left out",
+                    )
+                )
+                enrollments = enrollments[~bad]
+                live = live[~bad]
+        out["enrollments"] = enrollments.reset_index(drop=True)
+    links = (
+        ("sections", "course_key", "courses"),
+        ("courses", "organization_key", "organizations"),
+        ("organizations", "parent_key", "organizations"),
+        ("terms", "parent_key", "terms"),
+    )
+    for name, column, target in links:
+        if name not in out or (target not in out and target not in lms_keys):
+            continue
+        frame = out[name]
+        bad = frame[column].notna() & ~frame[column].isin(known(target))
+        if bad.any():
+            findings.append(
+                _warn(name, f"unknown_{column}", frame.loc[bad, "sis_key"], "link dropped")
+            )
+            frame = frame.copy()
+            frame.loc[bad, column] = pd.NA
+            out[name] = frame
+    for name, column, target in (
+        ("users", "organizations", "organizations"),
+        ("sections", "term_keys", "terms"),
+    ):
+        if name in out and (target in out or target in lms_keys):
+            out[name], finding = _drop_unknown_items(out[name], column, known(target), name)
+            if finding:
+                findings.append(finding)
+    return out, findings
+
+
+def _drop_unknown_items(
+    frame: pd.DataFrame, column: str, keys: pd.Index, name: str
+) -> tuple[pd.DataFrame, Finding | None]:
+    """Remove unknown keys from a comma-list column, vectorised over the exploded list."""
+    items = frame[column].str.split(",").explode()
+    bad_item = items.notna() & ~items.isin(keys)
+    if not bad_item.any():
+        return frame, None
+    affected = bad_item.groupby(level=0).any()
+    kept = items[~bad_item].dropna().groupby(level=0).agg(",".join)
+    frame = frame.copy()
+    frame[column] = kept.reindex(frame.index).astype("string")
+    rows = frame.loc[affected[affected].index, "sis_key"]
+    return frame, _warn(name, f"unknown_{column}", rows, "unknown keys removed from the list")
