@@ -118,7 +118,7 @@ def _frame(entity: model.Entity, action: str, rows: pd.DataFrame, reason: str) -
             "school_key": _school_of(rows, entity).astype("string"),
             "kind": _kind_of(rows, entity).astype("string"),
             "reason": reason,
-            "changes": rows["changes"] if "changes" in rows else pd.NA,
+            "changes": rows.get("changes", pd.NA),
         },
         columns=ACTION_COLUMNS,
     )

@@ -335,7 +335,8 @@ def validate_changes(ctx: RunContext, run_id: int) -> dict[str, Any]:
             ph = placeholder(conn)
             actions = read_frame(
                 conn,
-                f"SELECT entity, action, kind, school_key FROM sis_sync_actions WHERE run_id = {ph}",
+                "SELECT entity, action, kind, school_key FROM sis_sync_actions "
+                f"WHERE run_id = {ph}",
                 (run_id,),
             )
         scope = _scope(ctx, data.read_frames("validated"), current)

@@ -1,0 +1,280 @@
+"""One DAG per portal file: the only module of the package that imports Airflow.
+
+The tasks here only translate between Airflow (context, connections, XCom, exceptions) and the
+plain stage functions of :mod:`include.sis_sync.pipeline`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import DAG, BaseHook, Param, PokeReturnValue, TriggerRule, task
+from airflow.sdk.exceptions import AirflowFailException
+from airflow.timetables.trigger import CronTriggerTimetable
+
+from include.sis_sync import pipeline
+from include.sis_sync.config import Portal, PortalConfigError
+from include.sis_sync.lms.db import SchemaOutOfDate, url_from_connection
+from include.sis_sync.providers.oneroster_csv import DropError
+from include.sis_sync.staging import update_run
+from include.sis_sync.validation import SnapshotInvalid
+
+LMS_CONN_ID = "lms_db"
+START_DATE = datetime(2026, 1, 1)
+# Errors a retry cannot fix: bad input, an old drop, an unmigrated database.
+PERMANENT = (DropError, pipeline.DropRefused, SnapshotInvalid, PortalConfigError, SchemaOutOfDate)
+RUN_TYPES = {"scheduled": "scheduled", "backfill": "backfill", "asset_triggered": "scheduled"}
+
+DOC = """
+### SIS sync of portal **{name}** (`{id}`)
+
+Keeps the LMS portal's organizations, terms, courses, users, sections and enrollments in step
+with its SIS ({provider}). Stages: start (per-portal lock) → extract → transform →
+validate_snapshot (Great Expectations) → diff (staged actions) → validate_changes (guards) →
+gate → commit, or await_approval → commit → report.
+
+* auto-commit: **{auto_commit}**; approval timeout {timeout} h; guards: archives over
+  {guards.archive_percent} % and {guards.archive_min_count} records, updates over
+  {guards.update_percent} % and {guards.update_min_count} records.
+* Trigger params: `mode`, `auto_commit`, `schools`, `allow_mass_archive`, `drop_date`, `replay`.
+"""
+
+
+def lms_url() -> str:
+    """The LMS database URL from the Airflow connection ``lms_db`` (inside a task)."""
+    return url_of(BaseHook.get_connection(LMS_CONN_ID))
+
+
+def url_of(conn: Any) -> str:
+    """A SQLAlchemy URL from an Airflow connection object."""
+    return url_from_connection(
+        conn.conn_type,
+        conn.host,
+        login=conn.login,
+        password=conn.password,
+        port=conn.port,
+        schema=conn.schema,
+        extra=conn.extra,
+    )
+
+
+def run_context(portal: Portal, context: dict[str, Any]) -> pipeline.RunContext:
+    """The plain run context of a task, from Airflow's."""
+    dag_run = context["dag_run"]
+    run_type = str(getattr(dag_run.run_type, "value", dag_run.run_type))
+    return pipeline.RunContext(
+        portal=portal,
+        lms_url=lms_url(),
+        dag_id=dag_run.dag_id,
+        airflow_run_id=dag_run.run_id,
+        run_type=RUN_TYPES.get(run_type, "manual"),
+        logical_date=dag_run.logical_date,
+        params=dict(context["params"]),
+        triggered_by=getattr(dag_run, "triggering_user_name", None),
+    )
+
+
+def stage(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Record a stage's error on the run's row; permanent errors fail without retries."""
+
+    @functools.wraps(func)
+    def wrapper(ctx: pipeline.RunContext, run_id: int, *args: Any) -> Any:
+        try:
+            return func(ctx, run_id, *args)
+        except PERMANENT as exc:
+            update_run(ctx.engine, run_id, error=f"{func.__name__}: {exc}")
+            raise AirflowFailException(str(exc)) from exc
+        except Exception as exc:
+            update_run(ctx.engine, run_id, error=f"{func.__name__}: {type(exc).__name__}: {exc}")
+            raise
+
+    return wrapper
+
+
+def outcome_of(run_status: str, approval: dict[str, Any] | None) -> str:
+    """What the run came to, from the database's status and the approval's answer."""
+    if run_status in ("committed", "refused"):
+        return run_status
+    if approval and "Reject" in (approval.get("chosen_options") or []):
+        return "rejected" if approval.get("responded_by_user") else "expired"
+    return "failed"
+
+
+def params_for(portal: Portal) -> dict[str, Param]:
+    return {
+        "mode": Param(
+            portal.scheduled_mode,
+            enum=["full", "quick"],
+            description="full: every record, diffed against the LMS; quick: what changed since "
+            "the last committed sync (CSV drops: the manifest decides)",
+        ),
+        "auto_commit": Param(
+            portal.auto_commit,
+            type="boolean",
+            description="Commit without approval when no guard trips",
+        ),
+        "schools": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            description="SIS ids of the schools to sync (empty: all the portal's schools)",
+        ),
+        "allow_mass_archive": Param(
+            False,
+            type="boolean",
+            description="Let an auto-commit run through even when a guard trips (recorded)",
+        ),
+        "drop_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="File drops: the drop to read (default: the logical date's for "
+            "scheduled and backfill runs, the newest for manual runs)",
+        ),
+        "replay": Param(
+            False,
+            type="boolean",
+            description="File drops: allow a drop older than the newest one committed",
+        ),
+    }
+
+
+def build_dag(portal: Portal) -> DAG:
+    """The sync DAG of one portal."""
+    schedule = (
+        CronTriggerTimetable(portal.schedule, timezone=portal.timezone) if portal.schedule else None
+    )
+    with DAG(
+        dag_id=portal.dag_id,
+        description=f"SIS sync of portal {portal.name}",
+        schedule=schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        tags=["sis-sync", portal.provider, f"portal:{portal.id}"],
+        doc_md=DOC.format(
+            name=portal.name,
+            id=portal.id,
+            provider=portal.provider,
+            auto_commit=portal.auto_commit,
+            timeout=portal.approval_timeout_hours,
+            guards=portal.guards,
+        ),
+        default_args={"owner": portal.owner, "retries": 2, "retry_delay": timedelta(seconds=30)},
+        params=params_for(portal),
+    ) as dag:
+
+        @task.sensor(
+            task_id="start",
+            poke_interval=30,
+            mode="reschedule",
+            timeout=timedelta(hours=portal.approval_timeout_hours + 6).total_seconds(),
+        )
+        def start(**context: Any) -> PokeReturnValue:
+            """Open the run and take the portal's lock; wait while another sync holds it."""
+            opened = pipeline.start(run_context(portal, context))
+            return PokeReturnValue(is_done=opened["locked_by"] is None, xcom_value=opened["run_id"])
+
+        @task
+        def extract(sync_id: int, **context: Any) -> dict[str, Any]:
+            """Read the SIS (here: the OneRoster CSV drop) into raw run data."""
+            return stage(pipeline.extract)(run_context(portal, context), sync_id)
+
+        @task
+        def transform(sync_id: int, summary: dict[str, Any], **context: Any) -> dict[str, Any]:
+            """Map the raw files to the canonical roster frames."""
+            return stage(pipeline.transform)(run_context(portal, context), sync_id)
+
+        @task
+        def validate_snapshot(
+            sync_id: int, summary: dict[str, Any], **context: Any
+        ) -> dict[str, Any]:
+            """Great Expectations suites (fatal) and reference checks (warnings)."""
+            return stage(pipeline.validate_snapshot)(run_context(portal, context), sync_id)
+
+        @task
+        def diff(sync_id: int, summary: dict[str, Any], **context: Any) -> dict[str, Any]:
+            """Stage one action per changed record, with field-level before/after."""
+            return stage(pipeline.diff)(run_context(portal, context), sync_id)
+
+        @task
+        def validate_changes(
+            sync_id: int, summary: dict[str, Any], **context: Any
+        ) -> dict[str, Any]:
+            """Evaluate the guards; the approval text says which tripped."""
+            ctx = run_context(portal, context)
+            checks = stage(pipeline.validate_changes)(ctx, sync_id)
+            checks["body"] = pipeline.approval_body(ctx, sync_id, checks["tripped"])
+            return checks
+
+        @task.branch
+        def gate(sync_id: int, checks: dict[str, Any], **context: Any) -> str:
+            """Straight to commit on auto-commit with the guards passed; else wait for a human."""
+            return pipeline.gate(run_context(portal, context), sync_id, checks["tripped"])
+
+        await_approval = ApprovalOperator(
+            task_id="await_approval",
+            subject=f"Apply SIS changes to portal {portal.name}?",
+            body="{{ ti.xcom_pull(task_ids='validate_changes')['body'] }}",
+            defaults="Reject",
+            response_timeout=timedelta(hours=portal.approval_timeout_hours),
+            assigned_users=[{"id": a, "name": a} for a in portal.approvers] or None,
+            retries=0,
+        )
+
+        @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, retries=1)
+        def commit(sync_id: int, **context: Any) -> dict[str, Any]:
+            """Apply the selected actions, the statuses and the checkpoint in one transaction."""
+            approval = context["ti"].xcom_pull(task_ids="await_approval")
+            user = (approval or {}).get("responded_by_user") or {}
+            return stage(pipeline.commit)(run_context(portal, context), sync_id, user.get("name"))
+
+        @task(trigger_rule=TriggerRule.ALL_DONE, retries=1)
+        def report(sync_id: int | None, **context: Any) -> dict[str, Any]:
+            """Write the final status and the report; fail the run when the sync failed."""
+            if sync_id is None:
+                raise AirflowFailException("the run never started: see the start task's log")
+            ctx = run_context(portal, context)
+            from include.sis_sync.staging import get_run
+
+            approval = context["ti"].xcom_pull(task_ids="await_approval")
+            outcome = outcome_of(get_run(ctx.engine, sync_id)["status"], approval)
+            result = pipeline.finish(ctx, sync_id, outcome)
+            print(result["text"])
+            if result["status"] in ("failed", "refused"):
+                raise AirflowFailException(f"sync {result['status']}: {result['error']}")
+            return {k: v for k, v in result.items() if k != "text"}
+
+        sync_id = start()
+        extracted = extract(sync_id)
+        transformed = transform(sync_id, extracted)
+        validated = validate_snapshot(sync_id, transformed)
+        diffed = diff(sync_id, validated)
+        checks = validate_changes(sync_id, diffed)
+        route = gate(sync_id, checks)
+        committed = commit(sync_id)
+        route >> [await_approval, committed]
+        await_approval >> committed
+        committed >> report(sync_id)
+    return dag
+
+
+class BrokenPortalFiles(DAG):
+    """Stands for the portal files that failed to load: Airflow shows its error as an import
+    error of the DAG file, while every valid portal's DAG still loads beside it."""
+
+    def validate(self) -> None:
+        raise PortalConfigError(self.description or "broken portal files")
+
+
+def broken_portals_dag(errors: list[PortalConfigError]) -> DAG:
+    return BrokenPortalFiles(
+        dag_id="sis_sync__broken_portal_files",
+        description="\n".join(str(e) for e in errors),
+        schedule=None,
+        start_date=START_DATE,
+    )

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test suite, as CI runs it: set up, lint, then pytest under a hard timeout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+source scripts/env.sh
+ruff check . && ruff format --check .
+# pytest-timeout bounds each test; the outer timeout bounds the whole run (SIGINT first, so
+# a dag.test waiting for approval stops, then SIGKILL).
+timeout -s INT -k 60 3600 python -m pytest "$@"
