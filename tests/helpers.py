@@ -1,0 +1,258 @@
+"""Small builders shared by tests: hand-written drops, portals and pipeline runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MANIFEST_FILES = ("academicSessions", "classes", "courses", "enrollments", "orgs", "users")
+
+
+def write_csv_drop(
+    folder: Path,
+    files: Mapping[str, str],
+    modes: Mapping[str, str] | None = None,
+    *,
+    manifest: str | None = None,
+) -> Path:
+    """Write a drop from CSV texts keyed by file stem; the manifest lists them as ``modes``
+    say (default bulk for the given files, absent for the rest)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if manifest is None:
+        modes = dict(modes or {})
+        lines = ["propertyName,value", "manifest.version,1.0", "oneroster.version,1.1"]
+        for stem in MANIFEST_FILES:
+            lines.append(f"file.{stem},{modes.get(stem, 'bulk' if stem in files else 'absent')}")
+        manifest = "\n".join(lines) + "\n"
+    (folder / "manifest.csv").write_text(manifest)
+    for stem, text in files.items():
+        (folder / f"{stem}.csv").write_bytes(
+            text.encode("utf-8") if isinstance(text, str) else text
+        )
+    return folder
+
+
+def portal_dict(**overrides: Any) -> dict[str, Any]:
+    """A valid portal definition, changed by ``overrides``."""
+    portal: dict[str, Any] = {
+        "id": "testportal",
+        "name": "Test portal",
+        "timezone": "UTC",
+        "provider": "oneroster_csv",
+        "source": {"path": "testportal/{date}"},
+        "auto_commit": True,
+    }
+    portal.update(overrides)
+    return portal
+
+
+def write_portal(folder: Path, **overrides: Any) -> Path:
+    data = portal_dict(**overrides)
+    path = folder / f"{data['id']}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Canonical frames and syncs without files or Airflow
+# --------------------------------------------------------------------------------------------
+
+
+def canonical(entity_name: str, rows: list[dict[str, Any]]) -> Any:
+    """A canonical frame from dicts (missing fields null)."""
+    import pandas as pd
+
+    from include.sis_sync import model
+
+    entity = model.BY_NAME[entity_name]
+    return model.conform(pd.DataFrame(rows, columns=entity.columns), entity)
+
+
+def district(
+    *,
+    students: dict[str, str] | None = None,
+    sections: dict[str, str] | None = None,
+    enrollments: list[tuple[str, str]] | None = None,
+    schools: tuple[str, ...] = ("sch-a", "sch-b"),
+) -> dict[str, Any]:
+    """A small snapshot: a district, schools, one term, one course per school, and
+    ``students`` (key -> comma list of schools), ``sections`` (key -> school) and
+    ``enrollments`` ((section, user) pairs, student role)."""
+    from include.sis_sync.transform import derive_user_organizations
+
+    students = students or {}
+    sections = sections or {}
+    orgs = [{"sis_key": "dist", "name": "District", "kind": "district"}] + [
+        {"sis_key": s, "name": f"School {s}", "kind": "school", "parent_key": "dist"}
+        for s in schools
+    ]
+    users = canonical(
+        "users",
+        [
+            {
+                "sis_key": k,
+                "role": "student",
+                "roles": "student",
+                "given_name": "Given",
+                "family_name": f"Family {k}",
+                "username": k,
+                "organizations": orgs_of,
+            }
+            for k, orgs_of in students.items()
+        ],
+    )
+    return {
+        "organizations": canonical("organizations", orgs),
+        "terms": canonical(
+            "terms",
+            [
+                {
+                    "sis_key": "fall",
+                    "name": "Fall",
+                    "kind": "semester",
+                    "start_date": "2026-08-15",
+                    "end_date": "2026-12-20",
+                }
+            ],
+        ),
+        "courses": canonical(
+            "courses",
+            [{"sis_key": f"crs-{s}", "title": "Math", "organization_key": s} for s in schools],
+        ),
+        "users": users,
+        "user_organizations": derive_user_organizations(users),
+        "sections": canonical(
+            "sections",
+            [
+                {
+                    "sis_key": k,
+                    "name": f"Section {k}",
+                    "organization_key": s,
+                    "course_key": f"crs-{s}",
+                    "term_keys": "fall",
+                }
+                for k, s in sections.items()
+            ],
+        ),
+        "enrollments": canonical(
+            "enrollments",
+            [
+                {
+                    "sis_key": f"{sec}:{usr}",
+                    "section_key": sec,
+                    "user_key": usr,
+                    "organization_key": sections.get(sec),
+                    "role": "student",
+                    "primary": "false",
+                }
+                for sec, usr in (enrollments or [])
+            ],
+        ),
+    }
+
+
+ALL_BULK = {
+    name: "bulk"
+    for name in (
+        "organizations",
+        "terms",
+        "courses",
+        "users",
+        "user_organizations",
+        "sections",
+        "enrollments",
+    )
+}
+
+
+def run_diff(
+    lms_url: str,
+    frames: dict[str, Any],
+    *,
+    modes: dict[str, str] | None = None,
+    portal_schools: frozenset[str] | None = None,
+    run_schools: list[str] | None = None,
+    portal_id: str = "p1",
+    school_year: tuple[str, str] | None = None,
+) -> Any:
+    """Diff ``frames`` against the LMS as the pipeline does; returns (change set, frames)."""
+    import pandas as pd
+
+    from include.sis_sync.diff import DiffInput, diff_snapshot
+    from include.sis_sync.lms.db import engine_for
+    from include.sis_sync.lms.store import read_all_current
+    from include.sis_sync.transform import build_scope, restrict
+
+    with engine_for(lms_url).connect() as conn:
+        current = read_all_current(conn, portal_id, "oneroster")
+    orgs = pd.concat(
+        [
+            frames["organizations"][["sis_key", "kind", "parent_key"]],
+            current["organizations"][["sis_key", "kind", "parent_key"]],
+        ]
+    ).drop_duplicates("sis_key")
+    scope = build_scope(orgs, portal_schools, run_schools)
+    scoped = restrict(frames, scope)
+    change_set = diff_snapshot(
+        scoped,
+        DiffInput(modes=modes or ALL_BULK, current=current, scope=scope, school_year=school_year),
+    )
+    return change_set, scoped
+
+
+_RUNS = {"n": 0}
+
+
+def stage(
+    lms_url: str, change_set: Any, *, portal_id: str = "p1", schools: list[str] | None = None
+) -> int:
+    """Open a run and stage a change set; returns the run id."""
+    from include.sis_sync.lms.db import engine_for
+    from include.sis_sync.staging import RunRequest, open_run, write_change_set
+
+    engine = engine_for(lms_url)
+    _RUNS["n"] += 1
+    run_id = open_run(
+        engine,
+        RunRequest(
+            portal_id,
+            "sis_sync__test",
+            f"run-{_RUNS['n']}",
+            "full",
+            "manual",
+            None,
+            schools,
+            True,
+            False,
+        ),
+    )
+    write_change_set(engine, run_id, portal_id, change_set, [])
+    return run_id
+
+
+def commit(lms_url: str, run_id: int, frames: dict[str, Any], *, portal_id: str = "p1") -> Any:
+    from include.sis_sync.lms.commit import CommitTarget, commit_run
+    from include.sis_sync.lms.db import engine_for
+
+    return commit_run(
+        engine_for(lms_url), run_id, frames, CommitTarget(portal_id, "oneroster"), checkpoint="x"
+    )
+
+
+def sync(lms_url: str, frames: dict[str, Any], **kwargs: Any) -> tuple[Any, int]:
+    """Diff, stage and commit in one go; returns (change set, run id)."""
+    portal_id = kwargs.get("portal_id", "p1")
+    change_set, scoped = run_diff(lms_url, frames, **kwargs)
+    run_id = stage(lms_url, change_set, portal_id=portal_id, schools=kwargs.get("run_schools"))
+    commit(lms_url, run_id, scoped, portal_id=portal_id)
+    return change_set, run_id
+
+
+def actions_of(change_set: Any, entity: str) -> dict[str, str]:
+    """``{sis_key: action}`` of one entity."""
+    frame = change_set.actions
+    frame = frame[frame["entity"] == entity]
+    return dict(zip(frame["sis_key"], frame["action"], strict=True))
