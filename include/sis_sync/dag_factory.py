@@ -95,13 +95,25 @@ def stage(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def outcome_of(run_status: str, approval: dict[str, Any] | None) -> str:
-    """What the run came to, from the database's status and the approval's answer."""
-    if run_status in ("committed", "refused"):
-        return run_status
-    if approval and "Reject" in (approval.get("chosen_options") or []):
-        return "rejected" if approval.get("responded_by_user") else "expired"
-    return "failed"
+class SyncApprovalOperator(ApprovalOperator):
+    """The approval step, which also writes the answer to the run's row the moment it comes,
+    so the history says who approved or rejected, or that nobody answered in time."""
+
+    def __init__(self, *, portal: Portal, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.portal = portal
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        if "error" not in event:
+            sync_id = context["ti"].xcom_pull(task_ids="start")
+            user = event.get("responded_by_user") or {}
+            pipeline.record_approval(
+                run_context(self.portal, context),
+                sync_id,
+                list(event.get("chosen_options") or []),
+                user.get("name") or user.get("id"),
+            )
+        return super().execute_complete(context=context, event=event)
 
 
 def params_for(portal: Portal) -> dict[str, Param]:
@@ -216,7 +228,8 @@ def build_dag(portal: Portal) -> DAG:
             """Straight to commit on auto-commit with the guards passed; else wait for a human."""
             return pipeline.gate(run_context(portal, context), sync_id, checks["tripped"])
 
-        await_approval = ApprovalOperator(
+        await_approval = SyncApprovalOperator(
+            portal=portal,
             task_id="await_approval",
             subject=f"Apply SIS changes to portal {portal.name}?",
             body="{{ ti.xcom_pull(task_ids='validate_changes')['body'] }}",
@@ -229,21 +242,14 @@ def build_dag(portal: Portal) -> DAG:
         @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, retries=1)
         def commit(sync_id: int, **context: Any) -> dict[str, Any]:
             """Apply the selected actions, the statuses and the checkpoint in one transaction."""
-            approval = context["ti"].xcom_pull(task_ids="await_approval")
-            user = (approval or {}).get("responded_by_user") or {}
-            return stage(pipeline.commit)(run_context(portal, context), sync_id, user.get("name"))
+            return stage(pipeline.commit)(run_context(portal, context), sync_id)
 
         @task(trigger_rule=TriggerRule.ALL_DONE, retries=1)
         def report(sync_id: int | None, **context: Any) -> dict[str, Any]:
             """Write the final status and the report; fail the run when the sync failed."""
             if sync_id is None:
                 raise AirflowFailException("the run never started: see the start task's log")
-            ctx = run_context(portal, context)
-            from include.sis_sync.staging import get_run
-
-            approval = context["ti"].xcom_pull(task_ids="await_approval")
-            outcome = outcome_of(get_run(ctx.engine, sync_id)["status"], approval)
-            result = pipeline.finish(ctx, sync_id, outcome)
+            result = pipeline.finish(run_context(portal, context), sync_id, "failed")
             print(result["text"])
             if result["status"] in ("failed", "refused"):
                 raise AirflowFailException(f"sync {result['status']}: {result['error']}")

@@ -362,10 +362,10 @@ def gate(ctx: RunContext, run_id: int, tripped: list[str]) -> str:
 
 def approval_body(ctx: RunContext, run_id: int, tripped: list[str]) -> str:
     """The Markdown an approver reads: counts per entity and action, and the guards tripped."""
-    from include.sis_sync.report import counts_table
+    from include.sis_sync.report import action_counts, counts_table
 
     run = get_run(ctx.engine, run_id)
-    counts = _json(run["counts"]) or {}
+    counts = action_counts(ctx.engine, run_id)
     lines = [
         f"**Portal** {ctx.portal.name} (`{ctx.portal.id}`), run {run_id}, "
         f"source `{run.get('source') or '-'}`",
@@ -382,17 +382,28 @@ def approval_body(ctx: RunContext, run_id: int, tripped: list[str]) -> str:
     return "\n".join(lines)
 
 
+def record_approval(ctx: RunContext, run_id: int, chosen: list[str], by: str | None) -> str:
+    """Keep the approver's answer on the run's row at once: ``approved``, ``rejected``, or
+    ``expired`` when nobody answered before the timeout (the default answer, Reject, applied).
+    """
+    if "Approve" in chosen:
+        status = "approved"
+    else:
+        status = "rejected" if by else "expired"
+    update_run(ctx.engine, run_id, status=status, approved_by=by if status == "approved" else None)
+    log.info("run %s %s by %s", run_id, status, by or "the approval timeout")
+    return status
+
+
 # --------------------------------------------------------------------------------------------
 # commit and report
 # --------------------------------------------------------------------------------------------
 
 
-def commit(ctx: RunContext, run_id: int, approved_by: str | None = None) -> dict[str, Any]:
+def commit(ctx: RunContext, run_id: int) -> dict[str, Any]:
     """Apply the run's selected actions in one transaction with its status and checkpoint."""
     with timed(ctx, run_id, "commit") as summary:
         run = get_run(ctx.engine, run_id)
-        if approved_by:
-            update_run(ctx.engine, run_id, approved_by=approved_by)
         frames = ctx.data(run_id).read_frames("scoped")
         checkpoint = run["source_date"].isoformat() if run.get("source_date") else None
         schools = ctx.portal.schools
@@ -418,16 +429,15 @@ def commit(ctx: RunContext, run_id: int, approved_by: str | None = None) -> dict
 def finish(ctx: RunContext, run_id: int, outcome: str, error: str | None = None) -> dict[str, Any]:
     """Write the run's final status, release the lock, purge expired run data, and report.
 
-    ``outcome`` is what the DAG saw: ``committed``, ``rejected``, ``expired`` or ``failed``;
-    a run the database already calls committed or refused keeps that status.
+    A run the database calls committed, refused, rejected or expired keeps that status; any
+    other run that reaches the end did not get through: ``outcome`` (``failed``).
     """
     from include.sis_sync.report import build_report
     from include.sis_sync.staging import now
 
     run = get_run(ctx.engine, run_id)
-    status = run["status"] if run["status"] in ("committed", "refused") else outcome
-    if status == "committed" and outcome == "failed":
-        status = "committed"
+    ended = ("committed", "refused", "rejected", "expired")
+    status = run["status"] if run["status"] in ended else outcome
     values: dict[str, Any] = {"status": status, "finished_at": now()}
     if error and not run.get("error"):
         values["error"] = error
