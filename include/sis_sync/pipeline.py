@@ -386,10 +386,7 @@ def record_approval(ctx: RunContext, run_id: int, chosen: list[str], by: str | N
     """Keep the approver's answer on the run's row at once: ``approved``, ``rejected``, or
     ``expired`` when nobody answered before the timeout (the default answer, Reject, applied).
     """
-    if "Approve" in chosen:
-        status = "approved"
-    else:
-        status = "rejected" if by else "expired"
+    status = "approved" if "Approve" in chosen else "rejected" if by else "expired"
     update_run(ctx.engine, run_id, status=status, approved_by=by if status == "approved" else None)
     log.info("run %s %s by %s", run_id, status, by or "the approval timeout")
     return status

@@ -117,9 +117,8 @@ class Responder:
 def api_client(airflow_db: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Airflow's REST API in-process, on the same metadata database as dag.test."""
     monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
-    from fastapi.testclient import TestClient
-
     from airflow.api_fastapi.app import create_app, purge_cached_app
+    from fastapi.testclient import TestClient
 
     purge_cached_app()
     with TestClient(create_app(apps="core")) as client:
