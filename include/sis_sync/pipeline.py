@@ -37,7 +37,12 @@ from include.sis_sync.staging import (
     write_change_set,
 )
 from include.sis_sync.transform import Scope, build_scope, derive_user_organizations, restrict
-from include.sis_sync.validation import SnapshotInvalid, check_references, run_suites
+from include.sis_sync.validation import (
+    SnapshotInvalid,
+    check_oddities,
+    check_references,
+    run_suites,
+)
 
 log = logging.getLogger("sis_sync")
 
@@ -209,6 +214,7 @@ def validate_snapshot(ctx: RunContext, run_id: int) -> dict[str, Any]:
             current = read_all_current(conn, ctx.portal.id, ctx.provider)
         lms_keys = {n: k for n, k in active_keys(current).items() if modes.get(n) != "bulk"}
         frames, warnings = check_references(frames, lms_keys)
+        warnings += check_oddities(frames, current.get(model.USERS.name))
         if model.USERS.name in frames:
             frames[model.USER_ORGANIZATIONS.name] = derive_user_organizations(frames["users"])
         fatal = run_suites(frames, modes)

@@ -260,3 +260,52 @@ def _drop_unknown_items(
     frame[column] = kept.reindex(frame.index).astype("string")
     rows = frame.loc[affected[affected].index, "sis_key"]
     return frame, _warn(name, f"unknown_{column}", rows, "unknown keys removed from the list")
+
+
+# --------------------------------------------------------------------------------------------
+# Data oddities: warnings only, nothing dropped
+# --------------------------------------------------------------------------------------------
+
+TEACHING_ROLES = ("teacher", "aide", "administrator", "staff")
+
+
+def check_oddities(
+    frames: Mapping[str, pd.DataFrame], lms_users: pd.DataFrame | None = None
+) -> list[Finding]:
+    """Oddities an admin should see but that must not stop a sync: an email used by two
+    accounts of the portal, and a role that conflicts between a user and an enrollment."""
+    findings: list[Finding] = []
+    users = frames.get("users")
+    if users is not None and len(users):
+        live = users[users["sis_status"] == model.ACTIVE]
+        email = live["email"].str.lower()
+        duplicated = email.notna() & email.duplicated(keep=False)
+        if lms_users is not None and len(lms_users):
+            others = lms_users[lms_users["active"] & ~lms_users["sis_key"].isin(live["sis_key"])]
+            duplicated |= email.isin(others["email"].dropna().str.lower())
+        if duplicated.any():
+            findings.append(
+                _warn(
+                    "users",
+                    "email_already_used",
+                    live.loc[duplicated, "sis_key"],
+                    "another account of the portal has the same email",
+                )
+            )
+    enrollments = frames.get("enrollments")
+    if users is not None and enrollments is not None and len(enrollments):
+        roles = users.set_index("sis_key")["role"]
+        user_role = enrollments["user_key"].map(roles)
+        conflict = ((enrollments["role"] == "student") & user_role.isin(TEACHING_ROLES)) | (
+            enrollments["role"].isin(("teacher", "aide")) & (user_role == "student")
+        )
+        if conflict.any():
+            findings.append(
+                _warn(
+                    "enrollments",
+                    "role_conflict",
+                    enrollments.loc[conflict, "sis_key"],
+                    "the enrollment's role conflicts with the user's role",
+                )
+            )
+    return findings
