@@ -195,7 +195,7 @@ def run_diff(
         ]
     ).drop_duplicates("sis_key")
     scope = build_scope(orgs, portal_schools, run_schools)
-    scoped = restrict(frames, scope)
+    scoped, _ = restrict(frames, scope)
     change_set = diff_snapshot(
         scoped,
         DiffInput(modes=modes or ALL_BULK, current=current, scope=scope, school_year=school_year),

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -21,6 +22,8 @@ DEFAULT_PORTALS_DIR = PROJECT_ROOT / "include" / "portals"
 DEFAULT_DROPS_DIR = PROJECT_ROOT / ".data" / "drops"
 
 PORTAL_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# Airflow's cron presets that croniter does not know itself (airflow.sdk ... _cron.CRON_PRESETS).
+CRON_PRESETS = {"@quarterly": "0 0 1 */3 *"}
 
 
 class PortalConfigError(ValueError):
@@ -48,8 +51,8 @@ class FileDropSource(_Strict):
         """The path template with environment variables expanded and made absolute."""
         expanded = os.path.expandvars(os.path.expanduser(self.path))
         if not os.path.isabs(expanded):
-            base = os.environ.get("SIS_SYNC_DROPS_DIR", str(DEFAULT_DROPS_DIR))
-            expanded = os.path.join(base, expanded)
+            base = os.environ.get("SIS_SYNC_DROPS_DIR") or str(DEFAULT_DROPS_DIR)
+            expanded = os.path.abspath(os.path.join(os.path.expanduser(base), expanded))
         return expanded
 
 
@@ -161,6 +164,16 @@ class Portal(_Strict):
             raise ValueError(f"unknown time zone {value!r}") from None
         return value
 
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        # Checked here, as Airflow's CronTriggerTimetable would, so that `check` and the DAG
+        # file report a bad schedule against this file instead of failing at DAG validation.
+        # An empty schedule stays what it was: no schedule.
+        if value and not croniter.is_valid(CRON_PRESETS.get(value, value)):
+            raise ValueError(f"{value!r} is not a cron expression (e.g. '0 6 * * *' or '@daily')")
+        return value
+
     @property
     def dag_id(self) -> str:
         return f"sis_sync__{self.id}"
@@ -168,19 +181,38 @@ class Portal(_Strict):
 
 def portals_dir() -> Path:
     """The folder holding the portal files (``SIS_SYNC_PORTALS_DIR`` or ``include/portals``)."""
-    return Path(os.environ.get("SIS_SYNC_PORTALS_DIR", str(DEFAULT_PORTALS_DIR)))
+    return Path(os.environ.get("SIS_SYNC_PORTALS_DIR") or str(DEFAULT_PORTALS_DIR))
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line (PyYAML's own message spans several, with a caret)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        text = "; ".join(p for p in (exc.context, exc.problem) if p)
+        mark = exc.problem_mark or exc.context_mark
+        if mark is not None:
+            text += f" (line {mark.line + 1}, column {mark.column + 1})"
+        return text
+    return " ".join(str(exc).split())
+
+
 def load_portal(path: Path) -> Portal:
     """Read and validate one portal file; errors name the file and the field."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PortalConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded)"
+        ) from None
+    except OSError as exc:
+        raise PortalConfigError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PortalConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise PortalConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise PortalConfigError(f"{path}: expected a mapping of portal settings at the top level")
     try:
@@ -202,11 +234,24 @@ def load_portals(folder: Path | None = None) -> tuple[list[Portal], list[PortalC
     folder = folder or portals_dir()
     portals: list[Portal] = []
     errors: list[PortalConfigError] = []
+    seen: dict[str, Path] = {}
     for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
         try:
-            portals.append(load_portal(path))
+            portal = load_portal(path)
         except PortalConfigError as exc:
             errors.append(exc)
+            continue
+        if portal.id in seen:
+            # foo.yaml and foo.yml: two portals with one DAG id, one would silently win.
+            errors.append(
+                PortalConfigError(
+                    f"{path}: field 'id': portal {portal.id!r} is already defined "
+                    f"in {seen[portal.id]}"
+                )
+            )
+            continue
+        seen[portal.id] = path
+        portals.append(portal)
     return portals, errors
 
 

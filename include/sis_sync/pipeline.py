@@ -264,7 +264,7 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
         with ctx.engine.connect() as conn:
             current = read_all_current(conn, ctx.portal.id, ctx.provider)
         scope = _scope(ctx, frames, current)
-        frames = restrict(frames, scope)
+        frames, outsiders = restrict(frames, scope)
         window = ctx.portal.school_year
         change_set = diff_snapshot(
             frames,
@@ -277,6 +277,17 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
             ),
         )
         findings = [Finding(**f) for f in data.read_json("findings")]
+        if len(outsiders):
+            findings.append(
+                Finding(
+                    "users",
+                    "home_school_not_synced",
+                    "warning",
+                    len(outsiders),
+                    outsiders.head(20).tolist(),
+                    "enrolled in a synced section, but their own school is not synced",
+                )
+            )
         if change_set.outside_school_year:
             findings.append(
                 Finding(

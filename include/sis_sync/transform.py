@@ -112,13 +112,29 @@ def _any_listed(lists: pd.Series, keys: pd.Index) -> pd.Series:
     return hit.groupby(level=0).any().reindex(lists.index, fill_value=False).astype(bool)
 
 
-def restrict(frames: dict[str, pd.DataFrame], scope: Scope) -> dict[str, pd.DataFrame]:
-    """Keep only the snapshot rows within the run's scope (organizations and their contents)."""
+def restrict(
+    frames: dict[str, pd.DataFrame], scope: Scope
+) -> tuple[dict[str, pd.DataFrame], pd.Series]:
+    """Keep only the snapshot rows within the run's scope (organizations and their contents).
+
+    A user outside the scope who is enrolled in a section inside it (a teacher whose home
+    school is not synced) is kept, so the enrollment can be made; their keys come back as the
+    second value, for a warning.
+    """
     out: dict[str, pd.DataFrame] = {}
     for name, frame in frames.items():
         entity = model.BY_NAME[name]
         out[name] = frame[in_scope(frame, entity, scope.organizations)].reset_index(drop=True)
-    return out
+    outsiders = pd.Series([], dtype="string")
+    users, enrollments = frames.get("users"), out.get("enrollments")
+    if scope.organizations is not None and users is not None and enrollments is not None:
+        inside = pd.Index(out["users"]["sis_key"])
+        wanted = pd.Index(enrollments["user_key"]).difference(inside)
+        extra = users[users["sis_key"].isin(wanted)]
+        if len(extra):
+            out["users"] = pd.concat([out["users"], extra], ignore_index=True)
+            outsiders = extra["sis_key"]
+    return out, outsiders
 
 
 def outside_school_year(

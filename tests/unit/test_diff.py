@@ -219,3 +219,16 @@ def test_portals_are_isolated(lms_url: str) -> None:
     assert actions_of(change_set, "users") == {"s1": "add"}  # p1's row is not p2's
     sync(lms_url, district(students={}), portal_id="p2")
     assert _lms_user(lms_url, "s1")["archived_at"] is None  # p2's sync never touched p1
+
+
+def test_teacher_from_an_unsynced_school_is_kept_for_the_synced_section(lms_url: str) -> None:
+    frames = district(
+        students={"s1": "sch-a", "t1": "sch-b"},
+        sections={"c1": "sch-a"},
+        enrollments=[("c1", "s1"), ("c1", "t1")],
+    )
+    change_set, _ = run_diff(lms_url, frames, portal_schools=frozenset({"sch-a"}))
+    assert actions_of(change_set, "users") == {"s1": "add", "t1": "add"}
+    assert actions_of(change_set, "enrollments") == {"c1:s1": "add", "c1:t1": "add"}
+    # but not its membership of the unsynced school
+    assert actions_of(change_set, "user_organizations") == {"s1:sch-a": "add"}

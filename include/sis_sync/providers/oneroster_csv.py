@@ -8,8 +8,8 @@ since vendors reorder them; extension columns (``metadata.*``) are ignored.
 
 from __future__ import annotations
 
+import csv
 import glob
-import io
 import re
 import zipfile
 from collections.abc import Iterator
@@ -116,20 +116,42 @@ def _opener(path: str) -> Iterator[tuple[set[str], object]]:
 
 
 def _header(stream: IO[bytes], where: str) -> list[str]:
-    line = stream.readline().decode("utf-8-sig").rstrip("\r\n")
+    try:
+        line = stream.readline().decode("utf-8-sig").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise DropError(
+            f"{where}: the header row is not UTF-8 text (byte {exc.start} cannot be decoded)"
+        ) from None
     if not line:
         raise DropError(f"{where}: the file is empty (no header row)")
-    return next(iter(pd.read_csv(io.StringIO(line), header=None, dtype=str).itertuples(False)))
+    # The csv module, not pandas: pandas would turn a blank name (a trailing comma) into "nan".
+    return next(csv.reader([line]))
+
+
+def _columns(header: list[str], where: str) -> list[str]:
+    """Clean column names; a blank one (a trailing comma) gets a placeholder name."""
+    columns = [c.strip() or f"unnamed.{i}" for i, c in enumerate(header, start=1)]
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise DropError(
+            f"{where}: column(s) {', '.join(repr(c) for c in repeated)} appear more than once "
+            "in the header row; columns are matched by name, so each must be unique"
+        )
+    return columns
 
 
 def _read_table(open_file: object, name: str, where: str) -> pa.Table:
     """Read one CSV with every column as text; tolerate a byte-order mark and CRLF."""
     with open_file(name) as stream:  # type: ignore[operator]
-        columns = [str(c).strip() for c in _header(stream, where)]
+        columns = _columns(_header(stream, where), where)
     with open_file(name) as stream:  # type: ignore[operator]
         data = stream.read()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    if not data.endswith((b"\n", b"\r")):
+        # A header-only file without a final newline is a file with no rows; pyarrow would
+        # refuse to skip its header row.
+        data += b"\n"
     try:
         table = pacsv.read_csv(
             pa.py_buffer(data),
@@ -392,6 +414,8 @@ def to_canonical(tables: dict[str, pd.DataFrame], entities: Entities) -> dict[st
             frames[entity.name] = model.conform(mapper(tables[stem]), entity)
     if "users" in frames:
         users = frames["users"]
-        wanted = [role for role, switch in ROLE_SWITCH.items() if getattr(entities, switch)]
-        frames["users"] = users[users["role"].isin(wanted)].reset_index(drop=True)
+        # Leave out the roles the portal switches off, and only those: a blank or unknown role
+        # is bad data that validation must see (dropped here, a bulk file would archive it).
+        unwanted = [role for role, switch in ROLE_SWITCH.items() if not getattr(entities, switch)]
+        frames["users"] = users[~users["role"].isin(unwanted)].reset_index(drop=True)
     return frames
