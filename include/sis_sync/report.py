@@ -70,6 +70,8 @@ def build_report(engine: sa.Engine, run_id: int) -> dict[str, Any]:
     warnings = read_warnings(engine, run_id)
     guards_tripped = json.loads(run["guard_decisions"]) if run.get("guard_decisions") else []
     timings = json.loads(run["timings"]) if run.get("timings") else {}
+    unticked = action_counts(engine, run_id, "not_selected")
+    not_selected = sum(sum(per_action.values()) for per_action in unticked.values())
     report = {
         "run_id": run_id,
         "portal_id": run["portal_id"],
@@ -83,6 +85,7 @@ def build_report(engine: sa.Engine, run_id: int) -> dict[str, Any]:
         "approved_by": run["approved_by"],
         "counts": counts,
         "counts_are": "applied" if committed else "staged",
+        "not_selected": not_selected,
         "warnings": [
             {"kind": w["kind"], "entity": w["entity"], "message": w["message"]} for w in warnings
         ],
@@ -114,6 +117,13 @@ def render(report: dict[str, Any]) -> str:
                 f"    - {g['action']}s of {g['kind']} ({where}): {g['count']} of {g['active']}"
                 f" active ({g['percent']} %)"
             )
+    if report.get("not_selected"):
+        note = (
+            "; a quick sync does not offer them again until the next full sync"
+            if report["ran_as"] == "quick"
+            else ""
+        )
+        lines.append(f"  not selected by the approver: {report['not_selected']} action(s){note}")
     warnings = report["warnings"]
     lines.append(f"  warnings: {len(warnings)}")
     for w in warnings[:MAX_WARNINGS_SHOWN]:

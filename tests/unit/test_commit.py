@@ -163,3 +163,18 @@ def test_commit_writes_checkpoint_only_for_runs_over_all_schools(lms_url: str) -
     engine = engine_for(lms_url)
     assert get_run(engine, full_run)["checkpoint"] == "x"
     assert get_run(engine, subset_run)["checkpoint"] is None
+
+
+def test_report_counts_what_was_applied_and_names_unticked_actions(lms_url: str) -> None:
+    from include.sis_sync.report import build_report
+
+    change_set, scoped = run_diff(lms_url, district(students={"s1": "sch-a", "s2": "sch-b"}))
+    run_id = stage(lms_url, change_set)
+    set_selected(engine_for(lms_url), run_id, _action_ids(lms_url, run_id, "users", "s2"), False)
+    commit(lms_url, run_id, scoped)
+    report = build_report(engine_for(lms_url), run_id)
+    assert report["status"] == "committed"
+    assert report["counts"]["users (student)"]["add"] == 1
+    assert report["not_selected"] == 1
+    assert "not selected by the approver: 1 action(s)" in report["text"]
+    assert "Family s" not in report["text"]  # no personal data in the report
