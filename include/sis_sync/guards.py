@@ -52,14 +52,13 @@ def _kind_column(frame: pd.DataFrame, entity_column: str, kind_column: str) -> p
 def evaluate(actions: pd.DataFrame, active: pd.DataFrame, guards: Guards) -> list[GuardResult]:
     """Evaluate every guard.
 
-    ``active`` holds one row per active LMS record in scope, with ``entity``, ``kind``
-    (users' primary role) and ``school_key``, so counts are per kind and per school.
+    Both frames have ``entity``, ``kind`` (users' primary role) and ``school_key`` (and
+    ``actions`` an ``action``): one row per record, or one per group with its count in ``n``.
+    ``active`` describes the active LMS records in scope.
     """
     results: list[GuardResult] = []
-    base = active[active["entity"].isin(GUARDED)].copy()
-    base["guard_kind"] = _kind_column(base, "entity", "kind")
-    moved = actions[actions["entity"].isin(GUARDED)].copy()
-    moved["guard_kind"] = _kind_column(moved, "entity", "kind")
+    base = _weighted(active)
+    moved = _weighted(actions)
     rules = (
         (ARCHIVE, guards.archive_percent, guards.archive_min_count),
         (UPDATE, guards.update_percent, guards.update_min_count),
@@ -69,6 +68,15 @@ def evaluate(actions: pd.DataFrame, active: pd.DataFrame, guards: Guards) -> lis
         results += _tally(proposed, base, action, percent, minimum, by_school=False)
         results += _tally(proposed, base, action, percent, minimum, by_school=True)
     return results
+
+
+def _weighted(frame: pd.DataFrame) -> pd.DataFrame:
+    """The guarded rows, with their guard kind and a count ``n`` (1 per row unless given)."""
+    out = frame[frame["entity"].isin(GUARDED)].copy()
+    out["guard_kind"] = _kind_column(out, "entity", "kind")
+    if "n" not in out.columns:
+        out["n"] = 1
+    return out
 
 
 def _tally(
@@ -81,8 +89,8 @@ def _tally(
     by_school: bool,
 ) -> list[GuardResult]:
     keys = ["guard_kind", "school_key"] if by_school else ["guard_kind"]
-    counts = proposed.groupby(keys, dropna=False).size()
-    totals = base.groupby(keys, dropna=False).size()
+    counts = proposed.groupby(keys, dropna=False)["n"].sum()
+    totals = base.groupby(keys, dropna=False)["n"].sum()
     results = []
     for key, count in counts.items():
         kind, school = (

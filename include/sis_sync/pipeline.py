@@ -23,7 +23,7 @@ from include.sis_sync.config import Portal
 from include.sis_sync.diff import DiffInput, diff_snapshot
 from include.sis_sync.lms import commit as lms_commit
 from include.sis_sync.lms.db import check_schema, engine_for
-from include.sis_sync.lms.store import active_keys, read_all_current
+from include.sis_sync.lms.store import active_keys, read_all_current, read_current
 from include.sis_sync.providers import oneroster_csv
 from include.sis_sync.rundata import RunData, purge_expired
 from include.sis_sync.staging import (
@@ -204,17 +204,40 @@ def transform(ctx: RunContext, run_id: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+def _inputs(
+    ctx: RunContext, run_id: int, stage: str
+) -> tuple[RunData, dict[str, pd.DataFrame], dict[str, str], dict[str, pd.DataFrame]]:
+    """A stage's inputs: the run's data, one stage's frames, the feed modes, the LMS rows."""
+    data = ctx.data(run_id)
+    frames = data.read_frames(stage)
+    modes = data.read_json("extract")["modes"]
+    with ctx.engine.connect() as conn:
+        current = read_all_current(conn, ctx.portal.id, ctx.provider)
+    return data, frames, modes, current
+
+
+def _lms_references(ctx: RunContext, modes: Mapping[str, str]) -> dict[str, pd.DataFrame]:
+    """The LMS rows validation needs: keys of what the feed does not carry completely (a
+    reference may point at them), and users' emails (to spot one used twice)."""
+    needed = {e.name: () for e in model.ENTITIES if modes.get(e.name) != "bulk"}
+    needed[model.USERS.name] = ("email",)
+    with ctx.engine.connect() as conn:
+        return {
+            name: read_current(conn, ctx.portal.id, ctx.provider, model.BY_NAME[name], fields)
+            for name, fields in needed.items()
+        }
+
+
 def validate_snapshot(ctx: RunContext, run_id: int) -> dict[str, Any]:
     """Reference checks (warnings, rows or links dropped) then the fatal GX suites."""
     with timed(ctx, run_id, "validate_snapshot") as summary:
         data = ctx.data(run_id)
         frames = data.read_frames("canonical")
         modes = data.read_json("extract")["modes"]
-        with ctx.engine.connect() as conn:
-            current = read_all_current(conn, ctx.portal.id, ctx.provider)
-        lms_keys = {n: k for n, k in active_keys(current).items() if modes.get(n) != "bulk"}
+        lms = _lms_references(ctx, modes)
+        lms_keys = {n: k for n, k in active_keys(lms).items() if modes.get(n) != "bulk"}
         frames, warnings = check_references(frames, lms_keys)
-        warnings += check_oddities(frames, current.get(model.USERS.name))
+        warnings += check_oddities(frames, lms[model.USERS.name])
         if model.USERS.name in frames:
             frames[model.USER_ORGANIZATIONS.name] = derive_user_organizations(frames["users"])
         fatal = run_suites(frames, modes)
@@ -258,11 +281,7 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
     from include.sis_sync.validation import Finding
 
     with timed(ctx, run_id, "diff") as summary:
-        data = ctx.data(run_id)
-        frames = data.read_frames("validated")
-        modes = data.read_json("extract")["modes"]
-        with ctx.engine.connect() as conn:
-            current = read_all_current(conn, ctx.portal.id, ctx.provider)
+        data, frames, modes, current = _inputs(ctx, run_id, "validated")
         scope = _scope(ctx, frames, current)
         frames, outsiders = restrict(frames, scope)
         window = ctx.portal.school_year
@@ -301,6 +320,7 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
             )
         counts = write_change_set(ctx.engine, run_id, ctx.portal.id, change_set, findings)
         data.write_frames("scoped", frames)
+        data.write_frames("guards", {"active": _active_base(current, scope)})
         data.write_json("scope", {"schools": sorted(scope.schools) if scope.schools else None})
         summary.update(
             counts={e: {a: n for a, n in c.items() if n} for e, c in counts.items()},
@@ -316,7 +336,7 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
 
 
 def _active_base(current: Mapping[str, pd.DataFrame], scope: Scope) -> pd.DataFrame:
-    """One row per active LMS record in scope, with its guard kind and school."""
+    """Active LMS records in scope, counted per entity, kind and school (the guards' base)."""
     from include.sis_sync.diff import _kind_of, _school_of
     from include.sis_sync.transform import in_scope
 
@@ -337,8 +357,11 @@ def _active_base(current: Mapping[str, pd.DataFrame], scope: Scope) -> pd.DataFr
             )
         )
     if not parts:
-        return pd.DataFrame(columns=["entity", "kind", "school_key"])
-    return pd.concat(parts, ignore_index=True)
+        return pd.DataFrame(
+            {c: pd.Series(dtype="string") for c in ("entity", "kind", "school_key")}
+        ).assign(n=pd.Series(dtype="int64"))
+    rows = pd.concat(parts, ignore_index=True)
+    return rows.groupby(["entity", "kind", "school_key"], dropna=False).size().reset_index(name="n")
 
 
 def validate_changes(ctx: RunContext, run_id: int) -> dict[str, Any]:
@@ -346,18 +369,18 @@ def validate_changes(ctx: RunContext, run_id: int) -> dict[str, Any]:
     from include.sis_sync.lms.bulk import placeholder, read_frame
 
     with timed(ctx, run_id, "validate_changes") as summary:
-        data = ctx.data(run_id)
         with ctx.engine.connect() as conn:
-            current = read_all_current(conn, ctx.portal.id, ctx.provider)
             ph = placeholder(conn)
-            actions = read_frame(
+            proposed = read_frame(
                 conn,
-                "SELECT entity, action, kind, school_key FROM sis_sync_actions "
-                f"WHERE run_id = {ph}",
+                "SELECT entity, action, kind, school_key, count(*) AS n FROM sis_sync_actions "
+                f"WHERE run_id = {ph} AND action IN ('archive', 'update') "
+                "GROUP BY entity, action, kind, school_key",
                 (run_id,),
             )
-        scope = _scope(ctx, data.read_frames("validated"), current)
-        results = guards.evaluate(actions, _active_base(current, scope), ctx.portal.guards)
+        proposed["n"] = proposed["n"].astype("int64")
+        active = ctx.data(run_id).read_frames("guards")["active"]
+        results = guards.evaluate(proposed, active, ctx.portal.guards)
         trips = guards.tripped(results)
         update_run(ctx.engine, run_id, guard_decisions=[r.as_dict() for r in trips])
         summary.update(tripped=[r.describe() for r in trips], guards_checked=len(results))

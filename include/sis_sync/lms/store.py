@@ -11,14 +11,20 @@ from include.sis_sync.lms.schema import lms_table_name
 
 
 def read_current(
-    conn: sa.Connection, portal_id: str, provider: str, entity: model.Entity
+    conn: sa.Connection,
+    portal_id: str,
+    provider: str,
+    entity: model.Entity,
+    fields: tuple[str, ...] | None = None,
 ) -> pd.DataFrame:
-    """Every LMS row of one entity for the portal: ``id``, ``sis_key``, ``active``, fields."""
-    fields = ", ".join(quote_name(conn, f) for f in entity.fields)
+    """Every LMS row of one entity for the portal: ``id``, ``sis_key``, ``active`` and the
+    entity's fields (or only ``fields``)."""
+    fields = entity.fields if fields is None else fields
+    columns = "".join(f", {quote_name(conn, f)}" for f in fields)
     table = quote_name(conn, lms_table_name(entity.name))
     ph = placeholder(conn)
     sql = (
-        f"SELECT id, sis_key, CASE WHEN archived_at IS NULL THEN 1 ELSE 0 END AS active, {fields} "
+        f"SELECT id, sis_key, CASE WHEN archived_at IS NULL THEN 1 ELSE 0 END AS active{columns} "
         f"FROM {table} WHERE portal_id = {ph} AND sis_provider = {ph}"
     )
     frame = read_frame(conn, sql, (portal_id, provider))
@@ -29,7 +35,7 @@ def read_current(
             "active": frame["active"].astype("int64").astype(bool),
         }
     )
-    for f in entity.fields:
+    for f in fields:
         out[f] = frame[f].astype("string")
     return out
 
