@@ -155,43 +155,36 @@ def _only_within(
     return users["sis_key"].map(all_inside).fillna(False).astype(bool)
 
 
-def diff_entity(
-    entity: model.Entity, snapshot: pd.DataFrame, diff_in: DiffInput
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Actions for one entity, and the merged frame of snapshot rows with their LMS rows."""
+def diff_entity(entity: model.Entity, snapshot: pd.DataFrame, diff_in: DiffInput) -> pd.DataFrame:
+    """The actions of one entity."""
     mode = diff_in.modes.get(entity.name, "absent")
     current = diff_in.current.get(entity.name)
     if current is None:
         current = pd.DataFrame(columns=["id", "sis_key", "active", *entity.fields])
     live = snapshot[snapshot["sis_status"] == model.ACTIVE]
+    # Only rows the LMS already has need the field comparison: merge just those.
+    known = model.key_in(live["sis_key"], current["sis_key"])
     lms = current.rename(columns={f: f"{f}_lms" for f in entity.fields})
-    merged = live.merge(lms, on="sis_key", how="left", indicator=True)
-    known = merged["_merge"] == "both"
-    active = merged["active"].astype("boolean").fillna(False).astype(bool)
+    merged = live[known].merge(lms, on="sis_key", how="inner")
+    active = merged["active"].astype(bool)
     changed = pd.Series(False, index=merged.index)
     for f in entity.fields:
         changed |= _differs(merged[f"{f}_lms"], merged[f])
-    merged["changes"] = _changes_json(merged, entity.fields, known & changed)
+    merged["changes"] = _changes_json(merged, entity.fields, changed)
     parts = [
-        _frame(entity, ADD, merged[~known], "new"),
-        _frame(entity, REACTIVATE, merged[known & ~active], "returned"),
-        _frame(entity, UPDATE, merged[known & active & changed], "changed"),
+        _frame(entity, ADD, live[~known], "new"),
+        _frame(entity, REACTIVATE, merged[~active], "returned"),
+        _frame(entity, UPDATE, merged[active & changed], "changed"),
     ]
-    present = pd.Index(live["sis_key"])
     if mode == "bulk":
-        gone = _archivable(current, entity, diff_in) & ~current["sis_key"].isin(present)
+        missing = ~model.key_in(current["sis_key"], live["sis_key"])
+        gone = _archivable(current, entity, diff_in) & missing
         parts.append(_frame(entity, ARCHIVE, current[gone], "absent from feed"))
     elif mode == "delta":
-        deleted = pd.Index(snapshot.loc[snapshot["sis_status"] != model.ACTIVE, "sis_key"])
-        is_active = current["active"].astype(bool)
-        parts.append(
-            _frame(
-                entity, ARCHIVE, current[is_active & current["sis_key"].isin(deleted)], "deleted"
-            )
-        )
-    return pd.concat([p for p in parts if len(p)], ignore_index=True) if any(
-        len(p) for p in parts
-    ) else pd.DataFrame(columns=ACTION_COLUMNS), merged
+        deleted = snapshot.loc[snapshot["sis_status"] != model.ACTIVE, "sis_key"]
+        gone = current["active"].astype(bool) & model.key_in(current["sis_key"], deleted)
+        parts.append(_frame(entity, ARCHIVE, current[gone], "deleted"))
+    return _concat(parts)
 
 
 def _delta_memberships(
@@ -201,12 +194,12 @@ def _delta_memberships(
     current = diff_in.current.get(model.USER_ORGANIZATIONS.name)
     if current is None or current.empty:
         return pd.DataFrame(columns=ACTION_COLUMNS)
-    listed_users = pd.Index(users.loc[users["sis_status"] == model.ACTIVE, "sis_key"])
-    present = pd.Index(snapshot["sis_key"])
+    listed_users = users.loc[users["sis_status"] == model.ACTIVE, "sis_key"]
+    present = snapshot["sis_key"]
     gone = (
         current["active"].astype(bool)
-        & current["user_key"].isin(listed_users)
-        & ~current["sis_key"].isin(present)
+        & model.key_in(current["user_key"], listed_users)
+        & ~model.key_in(current["sis_key"], present)
         & in_scope(current, model.USER_ORGANIZATIONS, diff_in.scope.archivable)
     )
     return _frame(model.USER_ORGANIZATIONS, ARCHIVE, current[gone], "left organization")
@@ -225,8 +218,8 @@ def _cascade(
     ]
     hit = (
         current["active"].astype(bool)
-        & current[via].isin(pd.Index(archived["sis_key"]))
-        & ~current["sis_key"].isin(pd.Index(already))
+        & model.key_in(current[via], archived["sis_key"])
+        & ~model.key_in(current["sis_key"], already)
     )
     return _frame(child, ARCHIVE, current[hit], f"{parent.name[:-1]} archived")
 
@@ -237,8 +230,7 @@ def diff_snapshot(frames: Mapping[str, pd.DataFrame], diff_in: DiffInput) -> Cha
     for entity in model.ENTITIES:
         if diff_in.modes.get(entity.name, "absent") == "absent" or entity.name not in frames:
             continue
-        actions, _ = diff_entity(entity, frames[entity.name], diff_in)
-        parts.append(actions)
+        parts.append(diff_entity(entity, frames[entity.name], diff_in))
         if entity is model.USER_ORGANIZATIONS and diff_in.modes[entity.name] == "delta":
             parts.append(_delta_memberships(frames[entity.name], frames[model.USERS.name], diff_in))
     actions = _concat(parts)
@@ -247,8 +239,9 @@ def diff_snapshot(frames: Mapping[str, pd.DataFrame], diff_in: DiffInput) -> Cha
         _cascade(actions, diff_in, model.USERS, model.ENROLLMENTS, "user_key"),
         _cascade(actions, diff_in, model.SECTIONS, model.ENROLLMENTS, "section_key"),
     ]
-    actions = _concat([actions, *cascades])
-    actions = actions.drop_duplicates(["entity", "sis_key"], keep="first")
+    # an enrollment of an archived user in an archived section cascades twice: once is enough
+    cascaded = _concat(cascades).drop_duplicates(["entity", "sis_key"])
+    actions = _concat([actions, cascaded])
     outside = 0
     if diff_in.school_year and model.SECTIONS.name in frames and model.TERMS.name in frames:
         actions, outside = _apply_school_year(actions, frames, diff_in.school_year)
@@ -276,13 +269,15 @@ def _apply_school_year(
     if outside.empty:
         return actions, 0
     not_archive = actions["action"] != ARCHIVE
-    drop_sections = (actions["entity"] == model.SECTIONS.name) & actions["sis_key"].isin(outside)
+    drop_sections = (actions["entity"] == model.SECTIONS.name) & model.key_in(
+        actions["sis_key"], outside
+    )
     enrollments = frames.get(model.ENROLLMENTS.name)
     drop_enrollments = pd.Series(False, index=actions.index)
     if enrollments is not None:
-        into = enrollments.loc[enrollments["section_key"].isin(pd.Index(outside)), "sis_key"]
-        drop_enrollments = (actions["entity"] == model.ENROLLMENTS.name) & actions["sis_key"].isin(
-            pd.Index(into)
+        into = enrollments.loc[model.key_in(enrollments["section_key"], outside), "sis_key"]
+        drop_enrollments = (actions["entity"] == model.ENROLLMENTS.name) & model.key_in(
+            actions["sis_key"], into
         )
     dropped = not_archive & (drop_sections | drop_enrollments)
     return actions[~dropped], int((not_archive & drop_sections).sum())

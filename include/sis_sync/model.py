@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 ACTIVE = "active"
 TO_BE_DELETED = "tobedeleted"
@@ -157,3 +159,26 @@ def join_sorted(values: pd.Series) -> pd.Series:
             lambda v: ",".join(sorted({i.strip() for i in v.split(",") if i.strip()}))
         )
     return text.mask(text == "")
+
+
+def _arrow_strings(values: object) -> pa.Array | pa.ChunkedArray:
+    if isinstance(values, (pd.Series, pd.Index)):
+        converted = pa.array(pd.Series(values).astype("string"), from_pandas=True)
+    else:
+        converted = pa.array(list(values), type=pa.large_string())  # type: ignore[call-overload]
+    return converted.cast(pa.large_string())
+
+
+def key_in(values: pd.Series, keys: object) -> pd.Series:
+    """``values.isin(keys)`` for large key sets, hashed by Arrow.
+
+    pandas' ``isin`` on Arrow strings first turns every key into a Python object (seconds for
+    a million keys); this stays in Arrow. Nulls are never in the set.
+    """
+    value_set = _arrow_strings(keys)
+    if isinstance(value_set, pa.ChunkedArray):
+        value_set = value_set.combine_chunks()
+    hits = pc.is_in(_arrow_strings(values), value_set=value_set, skip_nulls=True)
+    return pd.Series(
+        hits.fill_null(False).to_numpy(zero_copy_only=False), index=values.index, dtype=bool
+    )

@@ -130,7 +130,7 @@ def restrict(
     if scope.organizations is not None and users is not None and enrollments is not None:
         inside = pd.Index(out["users"]["sis_key"])
         wanted = pd.Index(enrollments["user_key"]).difference(inside)
-        extra = users[users["sis_key"].isin(wanted)]
+        extra = users[model.key_in(users["sis_key"], wanted)]
         if len(extra):
             out["users"] = pd.concat([out["users"], extra], ignore_index=True)
             outsiders = extra["sis_key"]

@@ -204,7 +204,7 @@ def check_references(
         for column, target in (("section_key", "sections"), ("user_key", "users")):
             if target not in out and target not in lms_keys:
                 continue
-            bad = live & ~enrollments[column].isin(known(target))
+            bad = live & ~model.key_in(enrollments[column], known(target))
             if bad.any():
                 findings.append(
                     _warn(
@@ -227,7 +227,7 @@ def check_references(
         if name not in out or (target not in out and target not in lms_keys):
             continue
         frame = out[name]
-        bad = frame[column].notna() & ~frame[column].isin(known(target))
+        bad = frame[column].notna() & ~model.key_in(frame[column], known(target))
         if bad.any():
             findings.append(
                 _warn(name, f"unknown_{column}", frame.loc[bad, "sis_key"], "link dropped")
@@ -251,7 +251,7 @@ def _drop_unknown_items(
 ) -> tuple[pd.DataFrame, Finding | None]:
     """Remove unknown keys from a comma-list column, vectorised over the exploded list."""
     items = frame[column].str.split(",").explode()
-    bad_item = items.notna() & ~items.isin(keys)
+    bad_item = items.notna() & ~model.key_in(items, keys)
     if not bad_item.any():
         return frame, None
     affected = bad_item.groupby(level=0).any()
@@ -281,8 +281,10 @@ def check_oddities(
         email = live["email"].str.lower()
         duplicated = email.notna() & email.duplicated(keep=False)
         if lms_users is not None and len(lms_users):
-            others = lms_users[lms_users["active"] & ~lms_users["sis_key"].isin(live["sis_key"])]
-            duplicated |= email.isin(others["email"].dropna().str.lower())
+            others = lms_users[
+                lms_users["active"] & ~model.key_in(lms_users["sis_key"], live["sis_key"])
+            ]
+            duplicated |= model.key_in(email, others["email"].dropna().str.lower())
         if duplicated.any():
             findings.append(
                 _warn(

@@ -34,9 +34,10 @@ def sql_value(conn: sa.Connection, value: object) -> object:
 
 
 def _records(frame: pd.DataFrame) -> list[tuple[object, ...]]:
-    """Rows as tuples of plain Python values, nulls as None."""
-    plain = frame.astype(object).where(frame.notna(), None)
-    return list(plain.itertuples(index=False, name=None))
+    """Rows as tuples of plain Python values, nulls as None (built column by column, which
+    is about twice as fast as iterating rows)."""
+    columns = [frame[c].astype(object).where(frame[c].notna(), None).tolist() for c in frame]
+    return list(zip(*columns, strict=True))
 
 
 def insert_frame(conn: sa.Connection, table: str, frame: pd.DataFrame) -> int:
@@ -86,13 +87,20 @@ def update_from(
 def read_frame(
     conn: sa.Connection, sql: str, params: Sequence[object] = (), chunk: int = CHUNK_ROWS
 ) -> pd.DataFrame:
-    """Run a query and return its rows as a frame of nullable strings, read in chunks."""
-    cursor = conn.exec_driver_sql(sql, tuple(params))
-    columns = list(cursor.keys())
-    parts: list[pd.DataFrame] = []
-    while rows := cursor.fetchmany(chunk):
-        parts.append(pd.DataFrame.from_records(rows, columns=columns))
+    """Run a query in the connection's transaction and return its rows as a frame.
+
+    Reads through the driver's cursor in chunks of plain tuples: building frames from
+    SQLAlchemy rows costs several times more at a million rows.
+    """
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, tuple(params))
+        columns = [d[0] for d in cursor.description]
+        parts: list[pd.DataFrame] = []
+        while rows := cursor.fetchmany(chunk):
+            parts.append(pd.DataFrame(rows, columns=columns))
+    finally:
+        cursor.close()
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype="string") for c in columns})
-    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    return frame
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]

@@ -179,7 +179,7 @@ def _unmet_dependencies(
         missing = pd.Series(False, index=rows.index)
         reasons = pd.Series("", index=rows.index, dtype="string")
         for column, parent in references:
-            gone = rows[column].notna() & ~rows[column].isin(after_commit(parent))
+            gone = rows[column].notna() & ~model.key_in(rows[column], after_commit(parent))
             reasons = reasons.mask(gone & ~missing, f"its {parent[:-1]} " + rows[column].fillna(""))
             missing |= gone
         if missing.any():
