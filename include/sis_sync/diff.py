@@ -161,7 +161,8 @@ def diff_entity(entity: model.Entity, snapshot: pd.DataFrame, diff_in: DiffInput
     current = diff_in.current.get(entity.name)
     if current is None:
         current = pd.DataFrame(columns=["id", "sis_key", "active", *entity.fields])
-    live = snapshot[snapshot["sis_status"] == model.ACTIVE]
+    is_live = snapshot["sis_status"] == model.ACTIVE
+    live = snapshot if is_live.all() else snapshot[is_live]
     # Only rows the LMS already has need the field comparison: merge just those.
     known = model.key_in(live["sis_key"], current["sis_key"])
     lms = current.rename(columns={f: f"{f}_lms" for f in entity.fields})

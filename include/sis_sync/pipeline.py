@@ -441,7 +441,7 @@ def commit(ctx: RunContext, run_id: int) -> dict[str, Any]:
     """Apply the run's selected actions in one transaction with its status and checkpoint."""
     with timed(ctx, run_id, "commit") as summary:
         run = get_run(ctx.engine, run_id)
-        frames = ctx.data(run_id).read_frames("scoped")
+        frames = ctx.data(run_id).lazy_frames("scoped")
         checkpoint = run["source_date"].isoformat() if run.get("source_date") else None
         schools = ctx.portal.schools
         slugs = dict(schools.mapping) if isinstance(schools.mapping, dict) else {}

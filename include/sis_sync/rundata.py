@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,38 @@ class RunData:
             for p in sorted(folder.glob("*.parquet"))
         }
 
+    def lazy_frames(self, stage: str) -> LazyFrames:
+        """The stage's frames, each read only when asked for (and not kept)."""
+        return LazyFrames(self.folder / stage)
+
     def write_json(self, name: str, value: Any) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"{name}.json").write_text(json.dumps(value, default=str, indent=1))
 
     def read_json(self, name: str) -> Any:
         return json.loads((self.folder / f"{name}.json").read_text())
+
+
+class LazyFrames(Mapping[str, pd.DataFrame]):
+    """A stage's Parquet frames as a mapping that reads each file when it is looked up, so a
+    consumer going entity by entity holds one frame at a time."""
+
+    def __init__(self, folder: Path) -> None:
+        if not folder.exists():
+            raise FileNotFoundError(f"{folder}: no data for this run (was it purged?)")
+        self.folder = folder
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        path = self.folder / f"{name}.parquet"
+        if not path.exists():
+            raise KeyError(name)
+        return pq.read_table(path).to_pandas(types_mapper=_string_types)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(p.stem for p in self.folder.glob("*.parquet")))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.folder.glob("*.parquet"))
 
 
 def _string_types(arrow_type: pa.DataType) -> Any:

@@ -165,16 +165,16 @@ def write_change_set(
     engine: sa.Engine, run_id: int, portal_id: str, change_set: ChangeSet, findings: list[Finding]
 ) -> dict[str, dict[str, int]]:
     """Stage the actions and warnings, replacing any a retried diff staged before."""
-    actions = change_set.actions.copy()
-    actions.insert(0, "run_id", run_id)
-    actions.insert(1, "portal_id", portal_id)
-    actions["selected"] = True
-    actions["status"] = "staged"
     counts = change_set.counts()
     with engine.begin() as conn:
         conn.execute(sa.delete(schema.actions).where(schema.actions.c.run_id == run_id))
         conn.execute(sa.delete(schema.warnings).where(schema.warnings.c.run_id == run_id))
-        insert_frame(conn, "sis_sync_actions", actions)
+        insert_frame(
+            conn,
+            "sis_sync_actions",
+            change_set.actions,
+            {"run_id": run_id, "portal_id": portal_id, "selected": True, "status": "staged"},
+        )
         insert_frame(conn, "sis_sync_warnings", findings_frame(run_id, findings))
         update_run(conn, run_id, status="staged", counts=counts)
     return counts

@@ -121,13 +121,15 @@ def restrict(
     school is not synced) is kept, so the enrollment can be made; their keys come back as the
     second value, for a warning.
     """
+    outsiders = pd.Series([], dtype="string")
+    if scope.organizations is None:
+        return dict(frames), outsiders
     out: dict[str, pd.DataFrame] = {}
     for name, frame in frames.items():
         entity = model.BY_NAME[name]
         out[name] = frame[in_scope(frame, entity, scope.organizations)].reset_index(drop=True)
-    outsiders = pd.Series([], dtype="string")
     users, enrollments = frames.get("users"), out.get("enrollments")
-    if scope.organizations is not None and users is not None and enrollments is not None:
+    if users is not None and enrollments is not None:
         inside = pd.Index(out["users"]["sis_key"])
         wanted = pd.Index(enrollments["user_key"]).difference(inside)
         extra = users[model.key_in(users["sis_key"], wanted)]

@@ -24,7 +24,6 @@ from include.sis_sync.lms.bulk import (
     placeholder,
     quote_name,
     read_frame,
-    sql_value,
     temp_table,
     update_from,
 )
@@ -87,7 +86,12 @@ def commit_run(
     checkpoint: str | None,
     status: str = "committed",
 ) -> CommitResult:
-    """Apply the run's selected actions; all or nothing."""
+    """Apply the run's selected actions; all or nothing.
+
+    Entities are applied one at a time in dependency order, so only one entity's actions and
+    rows are in memory at once, and a dependency check sees its parents as this commit leaves
+    them.
+    """
     with engine.begin() as conn:
         run = get_run(conn, run_id)
         if run["status"] == "committed":
@@ -98,18 +102,23 @@ def commit_run(
             )
         if run["portal_id"] != target.portal_id:
             raise RunNotCommittable(f"run {run_id} belongs to portal {run['portal_id']}")
-        actions = _load_actions(conn, run_id)
-        skipped = _unmet_dependencies(conn, actions, frames, target)
-        todo = actions[actions["selected"] & ~actions["id"].isin(skipped["id"])]
         stamp = now()
         result = CommitResult()
+        skipped_parts = []
         for entity in model.ENTITIES:
+            actions = _load_actions(conn, run_id, entity.name)
+            result.not_selected += int((~actions["selected"]).sum())
+            selected = actions[actions["selected"]]
+            frame = frames.get(entity.name) if len(selected) else None
+            skipped = _unmet_dependencies(conn, entity.name, selected, frame, target)
+            todo = selected[~selected["id"].isin(skipped["id"])]
             result.applied[entity.name] = _apply_entity(
-                conn, entity, todo[todo["entity"] == entity.name], frames, target, run_id, stamp
+                conn, entity, todo, frame, target, run_id, stamp
             )
+            skipped_parts.append(skipped)
+        skipped = pd.concat(skipped_parts, ignore_index=True)
         _record_statuses(conn, run_id, skipped)
         result.skipped = len(skipped)
-        result.not_selected = int((~actions["selected"]).sum())
         update_run(
             conn,
             run_id,
@@ -120,21 +129,23 @@ def commit_run(
     return result
 
 
-def _load_actions(conn: sa.Connection, run_id: int) -> pd.DataFrame:
+def _load_actions(conn: sa.Connection, run_id: int, entity: str) -> pd.DataFrame:
     ph = placeholder(conn)
     frame = read_frame(
         conn,
-        "SELECT id, entity, action, sis_key, lms_id, selected FROM sis_sync_actions "
-        f"WHERE run_id = {ph}",
-        (run_id,),
+        "SELECT id, action, sis_key, lms_id, selected FROM sis_sync_actions "
+        f"WHERE run_id = {ph} AND entity = {ph}",
+        (run_id, entity),
     )
     frame["id"] = frame["id"].astype("int64")
     frame["lms_id"] = frame["lms_id"].astype("Int64")
     frame["selected"] = frame["selected"].astype(bool)
+    frame["sis_key"] = frame["sis_key"].astype("string")
+    frame["entity"] = entity
     return frame
 
 
-def _active_keys(conn: sa.Connection, entity: str, target: CommitTarget) -> pd.Index:
+def _active_keys(conn: sa.Connection, entity: str, target: CommitTarget) -> pd.Series:
     ph = placeholder(conn)
     frame = read_frame(
         conn,
@@ -142,61 +153,42 @@ def _active_keys(conn: sa.Connection, entity: str, target: CommitTarget) -> pd.I
         f"WHERE portal_id = {ph} AND sis_provider = {ph} AND archived_at IS NULL",
         (target.portal_id, target.provider),
     )
-    return pd.Index(frame["sis_key"].astype("string"))
+    return frame["sis_key"].astype("string")
 
 
 def _unmet_dependencies(
     conn: sa.Connection,
-    actions: pd.DataFrame,
-    frames: Mapping[str, pd.DataFrame],
+    entity: str,
+    selected: pd.DataFrame,
+    frame: pd.DataFrame | None,
     target: CommitTarget,
 ) -> pd.DataFrame:
-    """Selected actions whose referenced record will not be active after this commit.
-
-    Works in dependency order so that a skipped membership or enrollment never hides behind a
-    parent that is itself skipped.
-    """
-    selected = actions[actions["selected"]]
-    skipped_parts: list[pd.DataFrame] = []
-    available: dict[str, pd.Index] = {}
-
-    def after_commit(entity: str) -> pd.Index:
-        if entity not in available:
-            mine = selected[selected["entity"] == entity]
-            archived = pd.Index(mine.loc[mine["action"] == ARCHIVE, "sis_key"])
-            added = pd.Index(mine.loc[mine["action"].isin([ADD, REACTIVATE]), "sis_key"])
-            available[entity] = _active_keys(conn, entity, target).difference(archived).union(added)
-        return available[entity]
-
-    for entity, references in DEPENDENCIES.items():
-        mine = selected[
-            (selected["entity"] == entity) & selected["action"].isin([ADD, REACTIVATE, UPDATE])
-        ]
-        frame = frames.get(entity)
-        if mine.empty or frame is None:
-            continue
-        rows = mine.merge(frame[["sis_key", *(c for c, _ in references)]], on="sis_key", how="left")
-        missing = pd.Series(False, index=rows.index)
-        reasons = pd.Series("", index=rows.index, dtype="string")
-        for column, parent in references:
-            gone = rows[column].notna() & ~model.key_in(rows[column], after_commit(parent))
-            reasons = reasons.mask(gone & ~missing, f"its {parent[:-1]} " + rows[column].fillna(""))
-            missing |= gone
-        if missing.any():
-            skipped = rows.loc[missing, ["id", "entity", "sis_key"]].copy()
-            skipped["why"] = reasons[missing]
-            skipped_parts.append(skipped)
-            available.pop(entity, None)
-    if not skipped_parts:
+    """Selected actions whose referenced record is not active once its parents are applied
+    (an enrollment into a section whose add was unticked)."""
+    references = DEPENDENCIES.get(entity, ())
+    mine = selected[selected["action"].isin([ADD, REACTIVATE, UPDATE])]
+    if not references or mine.empty or frame is None:
         return pd.DataFrame(columns=["id", "entity", "sis_key", "why"])
-    return pd.concat(skipped_parts, ignore_index=True)
+    columns = [c for c, _ in references]
+    rows = mine.merge(frame[["sis_key", *columns]], on="sis_key", how="left")
+    missing = pd.Series(False, index=rows.index)
+    reasons = pd.Series("", index=rows.index, dtype="string")
+    for column, parent in references:
+        gone = rows[column].notna() & ~model.key_in(
+            rows[column], _active_keys(conn, parent, target)
+        )
+        reasons = reasons.mask(gone & ~missing, f"its {parent[:-1]} " + rows[column].fillna(""))
+        missing |= gone
+    skipped = rows.loc[missing, ["id", "entity", "sis_key"]].copy()
+    skipped["why"] = reasons[missing]
+    return skipped
 
 
 def _apply_entity(
     conn: sa.Connection,
     entity: model.Entity,
     todo: pd.DataFrame,
-    frames: Mapping[str, pd.DataFrame],
+    frame: pd.DataFrame | None,
     target: CommitTarget,
     run_id: int,
     stamp: datetime,
@@ -205,20 +197,27 @@ def _apply_entity(
     if todo.empty:
         return counts
     table = lms_table_name(entity.name)
-    frame = frames.get(entity.name)
     adds = todo[todo["action"] == ADD]
     if len(adds):
-        rows = frame.merge(adds[["sis_key"]], on="sis_key", how="inner")[
-            ["sis_key", *entity.fields]
+        rows = frame.loc[
+            model.key_in(frame["sis_key"], adds["sis_key"]), ["sis_key", *entity.fields]
         ]
-        rows.insert(0, "portal_id", target.portal_id)
-        rows.insert(1, "sis_provider", target.provider)
         if entity is model.ORGANIZATIONS:
-            rows["slug"] = organization_slugs(rows, _taken_slugs(conn, target), target.slugs)
-        rows["created_at"] = sql_value(conn, stamp)
-        rows["updated_at"] = sql_value(conn, stamp)
-        rows["last_sync_run_id"] = run_id
-        insert_frame(conn, table, rows)
+            rows = rows.assign(
+                slug=organization_slugs(rows, _taken_slugs(conn, target), target.slugs)
+            )
+        insert_frame(
+            conn,
+            table,
+            rows,
+            {
+                "portal_id": target.portal_id,
+                "sis_provider": target.provider,
+                "created_at": stamp,
+                "updated_at": stamp,
+                "last_sync_run_id": run_id,
+            },
+        )
     changes = todo[todo["action"].isin([UPDATE, REACTIVATE])]
     if len(changes):
         rows = changes[["lms_id", "sis_key"]].merge(
