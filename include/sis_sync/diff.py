@@ -89,7 +89,7 @@ def _plain(value: object) -> str | None:
     return None if value is None or value is pd.NA or (isinstance(value, float)) else str(value)
 
 
-def _school_of(frame: pd.DataFrame, entity: model.Entity) -> pd.Series:
+def school_of(frame: pd.DataFrame, entity: model.Entity) -> pd.Series:
     """The organization an action counts against in per-school guards."""
     if entity is model.ORGANIZATIONS:
         return frame["sis_key"]
@@ -100,7 +100,7 @@ def _school_of(frame: pd.DataFrame, entity: model.Entity) -> pd.Series:
     return pd.Series(pd.NA, index=frame.index, dtype="string")
 
 
-def _kind_of(frame: pd.DataFrame, entity: model.Entity) -> pd.Series:
+def kind_of(frame: pd.DataFrame, entity: model.Entity) -> pd.Series:
     if entity is model.USERS:
         return frame["role"]
     if entity is model.ORGANIZATIONS:
@@ -115,8 +115,8 @@ def _frame(entity: model.Entity, action: str, rows: pd.DataFrame, reason: str) -
             "action": action,
             "sis_key": rows["sis_key"].astype("string"),
             "lms_id": rows["id"].astype("Int64") if "id" in rows else pd.NA,
-            "school_key": _school_of(rows, entity).astype("string"),
-            "kind": _kind_of(rows, entity).astype("string"),
+            "school_key": school_of(rows, entity).astype("string"),
+            "kind": kind_of(rows, entity).astype("string"),
             "reason": reason,
             "changes": rows.get("changes", pd.NA),
         },

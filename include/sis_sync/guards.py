@@ -8,13 +8,16 @@ passed. A guard never fails a task: it only decides whether a human must approve
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
 
+from include.sis_sync import model
 from include.sis_sync.config import Guards
-from include.sis_sync.diff import ARCHIVE, UPDATE
+from include.sis_sync.diff import ARCHIVE, UPDATE, kind_of, school_of
+from include.sis_sync.transform import Scope, in_scope
 
 GUARDED = ("users", "sections", "enrollments", "organizations")
 
@@ -113,6 +116,37 @@ def _tally(
             )
         )
     return results
+
+
+def active_base(current: Mapping[str, pd.DataFrame], scope: Scope) -> pd.DataFrame:
+    """The guards' base: active LMS records in scope, counted per entity, kind and school."""
+    parts = []
+    for name in GUARDED:
+        frame = current.get(name)
+        if frame is None or frame.empty:
+            continue
+        entity = model.BY_NAME[name]
+        frame = frame[frame["active"] & in_scope(frame, entity, scope.organizations)]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "entity": name,
+                    "kind": kind_of(frame, entity),
+                    "school_key": school_of(frame, entity),
+                }
+            )
+        )
+    if not parts:
+        return pd.DataFrame(
+            {
+                "entity": pd.Series(dtype="string"),
+                "kind": pd.Series(dtype="string"),
+                "school_key": pd.Series(dtype="string"),
+                "n": pd.Series(dtype="int64"),
+            }
+        )
+    rows = pd.concat(parts, ignore_index=True)
+    return rows.groupby(["entity", "kind", "school_key"], dropna=False).size().reset_index(name="n")
 
 
 def tripped(results: list[GuardResult]) -> list[GuardResult]:

@@ -6,6 +6,7 @@ work set-based, logs counts and timings (never personal data), and returns a sma
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -16,7 +17,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
-import pyarrow as pa
 
 from include.sis_sync import guards, model
 from include.sis_sync.config import Portal
@@ -91,16 +91,10 @@ def timed(ctx: RunContext, run_id: int, stage: str) -> Iterator[dict[str, Any]]:
     seconds = round(time.perf_counter() - started, 3)
     summary["seconds"] = seconds
     run = get_run(ctx.engine, run_id)
-    timings = _json(run.get("timings")) or {}
+    timings = json.loads(run["timings"]) if run.get("timings") else {}
     timings[stage] = seconds
     update_run(ctx.engine, run_id, timings=timings)
     log.info("%s: %s", stage, summary)
-
-
-def _json(value: Any) -> Any:
-    import json
-
-    return json.loads(value) if isinstance(value, str) and value else value
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,7 +314,7 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
             )
         counts = write_change_set(ctx.engine, run_id, ctx.portal.id, change_set, findings)
         data.write_frames("scoped", frames)
-        data.write_frames("guards", {"active": _active_base(current, scope)})
+        data.write_frames("guards", {"active": guards.active_base(current, scope)})
         data.write_json("scope", {"schools": sorted(scope.schools) if scope.schools else None})
         summary.update(
             counts={e: {a: n for a, n in c.items() if n} for e, c in counts.items()},
@@ -333,35 +327,6 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # validate_changes (the guards) and the gate
 # --------------------------------------------------------------------------------------------
-
-
-def _active_base(current: Mapping[str, pd.DataFrame], scope: Scope) -> pd.DataFrame:
-    """Active LMS records in scope, counted per entity, kind and school (the guards' base)."""
-    from include.sis_sync.diff import _kind_of, _school_of
-    from include.sis_sync.transform import in_scope
-
-    parts = []
-    for name in guards.GUARDED:
-        frame = current.get(name)
-        if frame is None or frame.empty:
-            continue
-        entity = model.BY_NAME[name]
-        frame = frame[frame["active"] & in_scope(frame, entity, scope.organizations)]
-        parts.append(
-            pd.DataFrame(
-                {
-                    "entity": name,
-                    "kind": _kind_of(frame, entity),
-                    "school_key": _school_of(frame, entity),
-                }
-            )
-        )
-    if not parts:
-        return pd.DataFrame(
-            {c: pd.Series(dtype="string") for c in ("entity", "kind", "school_key")}
-        ).assign(n=pd.Series(dtype="int64"))
-    rows = pd.concat(parts, ignore_index=True)
-    return rows.groupby(["entity", "kind", "school_key"], dropna=False).size().reset_index(name="n")
 
 
 def validate_changes(ctx: RunContext, run_id: int) -> dict[str, Any]:
@@ -484,7 +449,3 @@ def finish(ctx: RunContext, run_id: int, outcome: str, error: str | None = None)
     report = build_report(ctx.engine, run_id)
     report["purged_run_folders"] = purged
     return report
-
-
-def empty_arrow(names: list[str]) -> pa.Table:
-    return pa.table({n: pa.array([], pa.string()) for n in names})
