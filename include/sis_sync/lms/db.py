@@ -62,7 +62,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=60000")
     cursor.execute("PRAGMA temp_store=MEMORY")
-    cursor.execute("PRAGMA cache_size=-200000")
+    cursor.execute("PRAGMA cache_size=-65536")  # 64 MB per connection
     cursor.close()
 
 
