@@ -1,0 +1,1 @@
+"""Scale benchmarks of the sync pipeline (see benchmarks/README.md)."""
