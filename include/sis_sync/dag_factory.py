@@ -10,9 +10,10 @@ import functools
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import DAG, BaseHook, Param, PokeReturnValue, TriggerRule, task
+from airflow.sdk import DAG, BaseHook, Param, PokeReturnValue, TriggerRule, Variable, task
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.timetables.trigger import CronTriggerTimetable
 
@@ -24,6 +25,9 @@ from include.sis_sync.staging import update_run
 from include.sis_sync.validation import SnapshotInvalid
 
 LMS_CONN_ID = "lms_db"
+# Commits queue here: SQLite has one writer, and a 1M-student commit outlasts its busy timeout.
+LMS_WRITES_POOL = "sis_sync_lms_writes"
+UI_BASE_URL_VARIABLE = "sis_sync_ui_base_url"
 START_DATE = datetime(2026, 1, 1)
 # Errors a retry cannot fix: bad input, an old drop, an unmigrated database.
 PERMANENT = (DropError, pipeline.DropRefused, SnapshotInvalid, PortalConfigError, SchemaOutOfDate)
@@ -76,6 +80,15 @@ def run_context(portal: Portal, context: dict[str, Any]) -> pipeline.RunContext:
         params=dict(context["params"]),
         triggered_by=getattr(dag_run, "triggering_user_name", None),
     )
+
+
+def run_link(context: dict[str, Any]) -> str | None:
+    """The run's page in the Airflow UI, when the ``sis_sync_ui_base_url`` variable is set."""
+    base = Variable.get(UI_BASE_URL_VARIABLE, default=None)
+    if not base:
+        return None
+    dag_run = context["dag_run"]
+    return f"{str(base).rstrip('/')}/dags/{dag_run.dag_id}/runs/{quote(dag_run.run_id, safe='')}"
 
 
 def stage(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -220,7 +233,8 @@ def build_dag(portal: Portal) -> DAG:
             """Evaluate the guards; the approval text says which tripped."""
             ctx = run_context(portal, context)
             checks = stage(pipeline.validate_changes)(ctx, sync_id)
-            checks["body"] = pipeline.approval_body(ctx, sync_id, checks["tripped"])
+            link = run_link(context)
+            checks["body"] = pipeline.approval_body(ctx, sync_id, checks["tripped"], link)
             return checks
 
         @task.branch
@@ -239,7 +253,7 @@ def build_dag(portal: Portal) -> DAG:
             retries=0,
         )
 
-        @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, retries=1)
+        @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, retries=1, pool=LMS_WRITES_POOL)
         def commit(sync_id: int, **context: Any) -> dict[str, Any]:
             """Apply the selected actions, the statuses and the checkpoint in one transaction."""
             return stage(pipeline.commit)(run_context(portal, context), sync_id)

@@ -365,7 +365,7 @@ def gate(ctx: RunContext, run_id: int, tripped: list[str]) -> str:
     return "await_approval"
 
 
-def approval_body(ctx: RunContext, run_id: int, tripped: list[str]) -> str:
+def approval_body(ctx: RunContext, run_id: int, tripped: list[str], link: str | None = None) -> str:
     """The Markdown an approver reads: counts per entity and action, and the guards tripped."""
     from include.sis_sync.report import action_counts, counts_table
 
@@ -384,6 +384,8 @@ def approval_body(ctx: RunContext, run_id: int, tripped: list[str]) -> str:
     else:
         lines.append("No guard tripped; auto-commit is off for this run.")
     lines += ["", "Approve to apply these changes to the LMS; Reject to discard them."]
+    if link:
+        lines += ["", f"[The run in Airflow]({link}): each stage's log and the staged actions."]
     return "\n".join(lines)
 
 

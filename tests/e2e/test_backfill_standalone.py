@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from include.sis_sync.dag_factory import LMS_WRITES_POOL
 from include.sis_sync.lms import schema
 from include.sis_sync.lms.db import migrate
 from include.sis_sync.sample.generator import write_demo_drops
@@ -78,6 +79,9 @@ def test_backfill_runs_three_full_syncs_in_date_order(tmp_path: Path) -> None:
     }
 
     with start_standalone(tmp_path / "airflow", env) as af:
+        # the commit task's pool, as `load-settings` creates it from airflow_settings.yaml
+        pool = af.cli("pools", "set", LMS_WRITES_POOL, "1", "LMS writes")
+        assert pool.returncode == 0, pool.stderr
         dag = af.wait_for_dag(DAG_ID, timeout=120)
         assert dag["is_paused"], "new DAGs start paused"
         # Whole days: the timetable's runs are at 06:00, so a to_date of midnight on

@@ -7,6 +7,7 @@ REST API, and every test is bounded by a timeout: nothing here can hang.
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 import pandas as pd
 import pytest
@@ -84,7 +85,8 @@ def test_bulk_then_delta_drop_with_auto_commit(make_portal) -> None:
     assert runs[1]["checkpoint"] == "2026-09-02"
 
 
-def test_approval_approved_commits(make_portal, respond) -> None:
+def test_approval_approved_commits(make_portal, respond, monkeypatch) -> None:
+    monkeypatch.setenv("AIRFLOW_VAR_SIS_SYNC_UI_BASE_URL", "http://airflow.example:8080/")
     portal = make_portal("approved", auto_commit=False, approvers=[])
     write_drop(generate_district("demo"), portal.drops / "2026-09-01")
     responder = respond(portal.dag_id, "Approve")
@@ -97,6 +99,8 @@ def test_approval_approved_commits(make_portal, respond) -> None:
     assert row["approved_by"] == "Anonymous"
     assert row["decision"] == "approval"
     assert "| users (student) | 300 |" in responder.seen_bodies[0]
+    run_page = f"http://airflow.example:8080/dags/{portal.dag_id}/runs/{quote(run.run_id, safe='')}"
+    assert f"[The run in Airflow]({run_page})" in responder.seen_bodies[0]
 
 
 def test_approval_rejected_changes_nothing(make_portal, respond) -> None:
