@@ -35,17 +35,55 @@ os.environ.update(
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
 import pytest  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
 
-from include.sis_sync.lms.db import migrate  # noqa: E402
+from include.sis_sync.lms.db import engine_for, migrate  # noqa: E402
+
+# scripts/test.sh starts a throw-away PostgreSQL server and sets this; CI always has it.
+POSTGRES_URL = os.environ.get("SIS_SYNC_TEST_POSTGRES_URL")
+TEMPLATE = "sis_sync_template"
 
 
-@pytest.fixture
-def lms_url(tmp_path: Path) -> str:
-    """A fresh, migrated SQLite LMS database for one test."""
-    url = f"sqlite:///{tmp_path / 'lms.db'}"
-    migrate(url)
-    return url
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[sa.Engine]:
+    """The PostgreSQL server, with a migrated template database that each test copies."""
+    if not POSTGRES_URL:
+        message = "SIS_SYNC_TEST_POSTGRES_URL is not set: run scripts/postgres.sh start"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must test on PostgreSQL too, but {message}")
+        pytest.skip(message)
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        conn.exec_driver_sql(f"CREATE DATABASE {TEMPLATE}")
+    template_url = sa.make_url(POSTGRES_URL).set(database=TEMPLATE)
+    migrate(template_url.render_as_string(hide_password=False))
+    engine_for(template_url.render_as_string(hide_password=False)).dispose()
+    yield admin
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def lms_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated LMS database for one test: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'lms.db'}"
+        migrate(url)
+        yield url
+        return
+    admin: sa.Engine = request.getfixturevalue("postgres_admin")
+    name = f"lms_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    url = sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    yield url
+    engine_for(url).dispose()
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture

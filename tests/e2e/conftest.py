@@ -50,29 +50,66 @@ class PortalUnderTest:
 
 
 @pytest.fixture
-def make_portal(airflow_db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+def make_portal(
+    airflow_db: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> Iterator[Any]:
     """Write a portal file (overrides as keyword arguments) with drops under tmp_path and a
-    fresh LMS database behind the ``lms_db`` connection."""
+    fresh LMS database behind the ``lms_db`` connection: SQLite, or PostgreSQL when the
+    portal is made with ``lms="postgres"``."""
     import json
     import os
+    import uuid
 
-    from include.sis_sync.lms.db import migrate
+    import sqlalchemy as sa
 
-    lms_path = tmp_path / "lms.db"
-    url = f"sqlite:///{lms_path}"
-    migrate(url)
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_LMS_DB", json.dumps({"conn_type": "sqlite", "host": str(lms_path)})
-    )
+    from include.sis_sync.lms.db import engine_for, migrate
+    from tests.conftest import POSTGRES_URL, TEMPLATE
+
+    created: list[str] = []
     monkeypatch.setenv("SIS_SYNC_DATA_URL", str(tmp_path / "runs"))
 
-    def make(portal_id: str, **overrides: Any) -> PortalUnderTest:
+    def lms_database(kind: str) -> str:
+        if kind == "sqlite":
+            path = tmp_path / "lms.db"
+            monkeypatch.setenv(
+                "AIRFLOW_CONN_LMS_DB", json.dumps({"conn_type": "sqlite", "host": str(path)})
+            )
+            url = f"sqlite:///{path}"
+            migrate(url)
+            return url
+        admin = request.getfixturevalue("postgres_admin")
+        name = f"lms_{uuid.uuid4().hex[:12]}"
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        created.append(name)
+        server = sa.make_url(POSTGRES_URL)
+        conn_json = {
+            "conn_type": "postgres",
+            "host": server.host,
+            "port": server.port,
+            "login": server.username,
+            "schema": name,
+        }
+        monkeypatch.setenv("AIRFLOW_CONN_LMS_DB", json.dumps(conn_json))
+        return server.set(database=name).render_as_string(hide_password=False)
+
+    def make(portal_id: str, lms: str = "sqlite", **overrides: Any) -> PortalUnderTest:
         drops = tmp_path / "drops"
         overrides.setdefault("source", {"path": f"{drops}/{{date}}"})
         write_portal(Path(os.environ["SIS_SYNC_PORTALS_DIR"]), id=portal_id, **overrides)
-        return PortalUnderTest(portal_id, drops, url)
+        return PortalUnderTest(portal_id, drops, lms_database(lms))
 
-    return make
+    yield make
+    for name in created:
+        admin = request.getfixturevalue("postgres_admin")
+        engine_for(
+            sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+        ).dispose()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @dataclass

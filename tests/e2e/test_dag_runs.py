@@ -57,8 +57,9 @@ def _lms(url: str) -> dict[str, list[tuple]]:
     return out
 
 
-def test_bulk_then_delta_drop_with_auto_commit(make_portal) -> None:
-    portal = make_portal("bulkdelta", auto_commit=True)
+@pytest.mark.parametrize("lms", ["sqlite", "postgres"])
+def test_bulk_then_delta_drop_with_auto_commit(make_portal, lms: str) -> None:
+    portal = make_portal(f"bulkdelta_{lms}", lms=lms, auto_commit=True)
     day1 = generate_district("demo")
     day2 = next_day(day1, seed=7, add=0.02, update=0.02, archive=0.02)
     write_drop(day1, portal.drops / "2026-09-01")

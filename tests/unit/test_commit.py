@@ -100,6 +100,19 @@ def test_archive_never_deletes(lms_url: str) -> None:
     assert _active_keys(lms_url, "lms_users") == set()
 
 
+FAILING_INSERT = {
+    "sqlite": [
+        "CREATE TRIGGER boom BEFORE INSERT ON lms_enrollments WHEN NEW.sis_key = 'c1:s3' "
+        "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION boom() RETURNS trigger AS $$ BEGIN IF NEW.sis_key = 'c1:s3' THEN "
+        "RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER boom BEFORE INSERT ON lms_enrollments FOR EACH ROW EXECUTE FUNCTION boom()",
+    ],
+}
+
+
 def test_failure_inside_a_bulk_statement_leaves_every_row_as_it_was(lms_url: str) -> None:
     sync(
         lms_url,
@@ -119,19 +132,21 @@ def test_failure_inside_a_bulk_statement_leaves_every_row_as_it_was(lms_url: str
     engine = engine_for(lms_url)
     # The last statement of the commit's LMS work (enrollment inserts) fails half-way.
     with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "CREATE TRIGGER boom BEFORE INSERT ON lms_enrollments WHEN NEW.sis_key = 'c1:s3' "
-            "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
-        )
+        for statement in FAILING_INSERT[engine.dialect.name]:
+            conn.exec_driver_sql(statement)
     before = lms_snapshot(engine)
     statuses_before = _statuses(lms_url, run_id)
-    with pytest.raises(sa.exc.IntegrityError, match="injected failure"):
+    with pytest.raises(sa.exc.DBAPIError, match="injected failure"):
         commit(lms_url, run_id, scoped)
     assert lms_snapshot(engine) == before  # row by row, every column
     assert _statuses(lms_url, run_id) == statuses_before
     assert get_run(engine, run_id)["status"] == "staged"
     with engine.begin() as conn:
-        conn.exec_driver_sql("DROP TRIGGER boom")
+        conn.exec_driver_sql(
+            "DROP TRIGGER boom ON lms_enrollments"
+            if engine.dialect.name == "postgresql"
+            else "DROP TRIGGER boom"
+        )
     commit(lms_url, run_id, scoped)  # the retry applies everything
     assert _active_keys(lms_url, "lms_users") == {"s1", "s3"}
 
