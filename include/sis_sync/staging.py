@@ -83,22 +83,30 @@ def acquire_lock(engine: sa.Engine, portal_id: str, run_id: int) -> int | None:
     """Take the portal's lock for ``run_id``; returns the run holding it if another does.
 
     A lock left by a run that has already ended (a crash before ``report``) is taken over.
+    Two starts racing for a free lock both try to insert it: the primary key lets one win.
     """
     locks, runs = schema.locks, schema.runs
-    with engine.begin() as conn:
-        holder = conn.execute(
-            sa.select(locks.c.run_id).where(locks.c.portal_id == portal_id)
-        ).scalar()
-        if holder is not None and int(holder) != run_id:
-            status = conn.execute(sa.select(runs.c.status).where(runs.c.id == holder)).scalar()
-            if status in IN_FLIGHT:
-                return int(holder)
-            conn.execute(sa.delete(locks).where(locks.c.portal_id == portal_id))
-            holder = None
-        if holder is None:
-            conn.execute(
-                locks.insert().values(portal_id=portal_id, run_id=run_id, acquired_at=now())
-            )
+    try:
+        with engine.begin() as conn:
+            holder = conn.execute(
+                sa.select(locks.c.run_id).where(locks.c.portal_id == portal_id)
+            ).scalar()
+            if holder is not None and int(holder) != run_id:
+                status = conn.execute(sa.select(runs.c.status).where(runs.c.id == holder)).scalar()
+                if status in IN_FLIGHT:
+                    return int(holder)
+                conn.execute(sa.delete(locks).where(locks.c.portal_id == portal_id))
+                holder = None
+            if holder is None:
+                conn.execute(
+                    locks.insert().values(portal_id=portal_id, run_id=run_id, acquired_at=now())
+                )
+    except sa.exc.IntegrityError:
+        with engine.connect() as conn:
+            holder = conn.execute(
+                sa.select(locks.c.run_id).where(locks.c.portal_id == portal_id)
+            ).scalar()
+        return int(holder) if holder is not None and int(holder) != run_id else None
     return None
 
 
