@@ -154,18 +154,13 @@ def district(
     }
 
 
-ALL_BULK = {
-    name: "bulk"
-    for name in (
-        "organizations",
-        "terms",
-        "courses",
-        "users",
-        "user_organizations",
-        "sections",
-        "enrollments",
-    )
-}
+def _all_bulk() -> dict[str, str]:
+    from include.sis_sync import model
+
+    return {entity.name: "bulk" for entity in model.ENTITIES}
+
+
+ALL_BULK = _all_bulk()
 
 
 def run_diff(
