@@ -15,7 +15,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PORTALS_DIR = PROJECT_ROOT / "include" / "portals"
@@ -54,6 +62,15 @@ class FileDropSource(_Strict):
             base = os.environ.get("SIS_SYNC_DROPS_DIR") or str(DEFAULT_DROPS_DIR)
             expanded = os.path.abspath(os.path.join(os.path.expanduser(base), expanded))
         return expanded
+
+
+class CleverSource(_Strict):
+    """Where a Clever portal reads: an Airflow connection of type http (the API's base URL as
+    host, the district-app bearer token as password) and the Clever district id."""
+
+    connection_id: str
+    district_id: str
+    page_limit: Annotated[int, Field(ge=1, le=10000)] = 10000
 
 
 class Schools(_Strict):
@@ -133,8 +150,9 @@ class Portal(_Strict):
     id: str
     name: str
     timezone: str = "UTC"
-    provider: Literal["oneroster_csv"]
-    source: FileDropSource
+    provider: Literal["oneroster_csv", "clever"]
+    source: Annotated[FileDropSource | None, Field(validate_default=True)] = None
+    clever: Annotated[CleverSource | None, Field(validate_default=True)] = None
     schedule: str | None = None
     scheduled_mode: Literal["full", "quick"] = "quick"
     full_sync_every_days: Annotated[int, Field(ge=1)] = 7
@@ -147,6 +165,25 @@ class Portal(_Strict):
     guards: Guards = Guards()
     retention_days: Annotated[int, Field(ge=1)] = 30
     owner: str = "sis-sync"
+
+    @model_validator(mode="after")
+    def _clever_defaults(self) -> Portal:
+        """Clever portals sync district admins and staff only when asked to."""
+        if self.provider == "clever":
+            chosen = self.entities.model_fields_set
+            off = {k: False for k in ("administrators", "staff") if k not in chosen}
+            if off:
+                object.__setattr__(self, "entities", self.entities.model_copy(update=off))
+        return self
+
+    @field_validator("source", "clever")
+    @classmethod
+    def _source_for_provider(cls, value: object, info: ValidationInfo) -> object:
+        needs = {"oneroster_csv": "source", "clever": "clever"}.get(info.data.get("provider", ""))
+        if needs == info.field_name and value is None:
+            what = "its drop path" if needs == "source" else "connection_id and district_id"
+            raise ValueError(f"a {info.data['provider']} portal needs '{needs}' ({what})")
+        return value
 
     @field_validator("id")
     @classmethod

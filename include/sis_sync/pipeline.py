@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -46,7 +46,7 @@ from include.sis_sync.validation import (
 
 log = logging.getLogger("sis_sync")
 
-PROVIDER_KEYS = {"oneroster_csv": "oneroster"}
+PROVIDER_KEYS = {"oneroster_csv": "oneroster", "clever": "clever"}
 
 
 class DropRefused(RuntimeError):
@@ -65,6 +65,7 @@ class RunContext:
     logical_date: datetime | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     triggered_by: str | None = None
+    clever: Callable[[], Any] | None = None  # opens a Clever client (the DAG layer's hook)
 
     @property
     def provider(self) -> str:
@@ -142,6 +143,55 @@ def drop_date_for(ctx: RunContext) -> date | None:
 
 
 def extract(ctx: RunContext, run_id: int) -> dict[str, Any]:
+    """Read the SIS into raw run data, through the portal's provider."""
+    if ctx.portal.provider == "clever":
+        return extract_clever(ctx, run_id)
+    return extract_drop(ctx, run_id)
+
+
+def extract_clever(ctx: RunContext, run_id: int) -> dict[str, Any]:
+    """Read the Clever district in full. The newest event id is taken first, so a change made
+    while the district is read is seen again by the next quick sync, never lost."""
+    from include.sis_sync.providers import clever_extract
+
+    if ctx.clever is None:
+        raise RuntimeError("a Clever portal's run needs a Clever client (the DAG layer opens it)")
+    with timed(ctx, run_id, "extract") as summary:
+        client = ctx.clever()
+        checkpoint = last_committed(ctx.engine, ctx.portal.id)["checkpoint"]
+        newest_event = _newest_event(client, checkpoint)
+        tables = clever_extract.read_district(client, ctx.portal.entities)
+        ctx.data(run_id).write_tables("raw", tables)
+        modes = clever_extract.full_modes(ctx.portal.entities)
+        ctx.data(run_id).write_json(
+            "extract", {"modes": modes, "checkpoint": newest_event, "source": "clever"}
+        )
+        update_run(
+            ctx.engine,
+            run_id,
+            source=f"clever district {ctx.portal.clever.district_id}",
+            ran_as="full",
+        )
+        summary.update(
+            ran_as="full",
+            newest_event=newest_event,
+            rows={name: t.num_rows for name, t in tables.items()},
+        )
+    return summary
+
+
+def _newest_event(client: Any, checkpoint: str | None) -> str | None:
+    """The newest event id, or None when the district's events cannot be read."""
+    from include.sis_sync.providers.clever import CleverEventsUnavailable
+
+    try:
+        return client.newest_event_id(starting_after=checkpoint)
+    except CleverEventsUnavailable as exc:
+        log.warning("events unavailable (%s): quick syncs will run as full syncs", exc)
+        return None
+
+
+def extract_drop(ctx: RunContext, run_id: int) -> dict[str, Any]:
     """Read the drop into raw Parquet; refuse a drop older than the newest one committed."""
     with timed(ctx, run_id, "extract") as summary:
         template = ctx.portal.source.resolve()
@@ -187,7 +237,12 @@ def transform(ctx: RunContext, run_id: int) -> dict[str, Any]:
     with timed(ctx, run_id, "transform") as summary:
         data = ctx.data(run_id)
         raw = data.read_frames("raw")
-        frames = oneroster_csv.to_canonical(raw, ctx.portal.entities)
+        if ctx.portal.provider == "clever":
+            from include.sis_sync.providers import clever_extract
+
+            frames = clever_extract.to_canonical(raw, ctx.portal.entities)
+        else:
+            frames = oneroster_csv.to_canonical(raw, ctx.portal.entities)
         data.write_frames("canonical", frames)
         summary["rows"] = {name: len(frame) for name, frame in frames.items()}
     return summary
@@ -409,7 +464,9 @@ def commit(ctx: RunContext, run_id: int) -> dict[str, Any]:
     with timed(ctx, run_id, "commit") as summary:
         run = get_run(ctx.engine, run_id)
         frames = ctx.data(run_id).lazy_frames("scoped")
-        checkpoint = run["source_date"].isoformat() if run.get("source_date") else None
+        checkpoint = ctx.data(run_id).read_json("extract").get("checkpoint")
+        if run.get("source_date"):
+            checkpoint = run["source_date"].isoformat()
         schools = ctx.portal.schools
         slugs = dict(schools.mapping) if isinstance(schools.mapping, dict) else {}
         if schools.mode == "single" and schools.school and schools.slug:

@@ -80,7 +80,7 @@ def test_without_files_checks_the_portals_folder(
 ) -> None:
     monkeypatch.setenv("SIS_SYNC_PORTALS_DIR", str(tmp_path))
     alpha = write_portal(tmp_path, id="alpha")
-    beta = write_portal(tmp_path, id="beta", provider="clever")
+    beta = write_portal(tmp_path, id="beta", provider="powerschool")
     (tmp_path / "README.txt").write_text("not a portal")
 
     status, lines = run_check(capsys)

@@ -141,7 +141,8 @@ def test_yml_suffix_loads(tmp_path: Path) -> None:
         ({"guards": {"archive_pct": 5}}, "field 'guards.archive_pct'"),
         ({"timezone": "Mars/Olympus_Mons"}, "field 'timezone'"),
         ({"timezone": ""}, "field 'timezone'"),
-        ({"provider": "clever"}, "field 'provider'"),
+        ({"provider": "powerschool"}, "field 'provider'"),
+        ({"provider": "clever"}, "field 'clever': Value error, a clever portal needs 'clever'"),
         ({"colour": "blue"}, "field 'colour'"),
         ({"source": {"path": "x/{date}", "glob": "*.zip"}}, "field 'source.glob'"),
         ({"source": {}}, "field 'source.path'"),
@@ -176,7 +177,7 @@ def test_missing_required_field_is_named(tmp_path: Path) -> None:
 
 
 def test_several_problems_are_all_named(tmp_path: Path) -> None:
-    message = broken(write_portal(tmp_path, timezone="Nowhere/Town", provider="clever"))
+    message = broken(write_portal(tmp_path, timezone="Nowhere/Town", provider="powerschool"))
     assert "field 'timezone'" in message
     assert "field 'provider'" in message
 

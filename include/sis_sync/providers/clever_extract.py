@@ -1,0 +1,116 @@
+"""Reading a Clever district into raw run data, and back into canonical frames.
+
+Raw data is one table per resource with the object's ``id`` and its JSON, exactly as Clever
+sent it, so a transform can be re-run on what was read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol
+
+import pandas as pd
+import pyarrow as pa
+
+from include.sis_sync import model
+from include.sis_sync.config import Entities
+from include.sis_sync.providers import clever_mapping
+
+RESOURCES = ("districts", "schools", "terms", "courses", "users", "sections")
+# Clever user roles the portal's entity switches allow (roles.contact needs contacts on).
+ROLE_SWITCH = {
+    "student": "students",
+    "teacher": "teachers",
+    "district_admin": "administrators",
+    "staff": "staff",
+    "contact": "contacts",
+}
+
+
+class CleverReader(Protocol):
+    """What extraction needs of a Clever client."""
+
+    def list(self, resource: str, **params: Any) -> Iterator[dict[str, Any]]: ...
+
+    def newest_event_id(self, starting_after: str | None = None) -> str | None: ...
+
+
+def wanted_roles(entities: Entities) -> list[str]:
+    return [role for role, switch in ROLE_SWITCH.items() if getattr(entities, switch)]
+
+
+def _table(objects: Iterable[Mapping[str, Any]]) -> pa.Table:
+    ids: list[str] = []
+    texts: list[str] = []
+    for obj in objects:
+        ids.append(str(obj["id"]))
+        texts.append(json.dumps(obj, separators=(",", ":"), sort_keys=True))
+    return pa.table({"id": pa.array(ids, pa.string()), "json": pa.array(texts, pa.string())})
+
+
+def read_district(client: CleverReader, entities: Entities) -> dict[str, pa.Table]:
+    """Every resource the portal syncs, as raw tables. Users are read per wanted role, and a
+    user holding several wanted roles is kept once."""
+    tables = {
+        "districts": _table(client.list("districts")),
+        "schools": _table(client.list("schools")),
+        "terms": _table(client.list("terms")),
+        "courses": _table(client.list("courses")),
+    }
+    seen: dict[str, dict[str, Any]] = {}
+    for role in wanted_roles(entities):
+        for user in client.list("users", role=role):
+            seen.setdefault(str(user["id"]), user)
+    tables["users"] = _table(seen.values())
+    if entities.sections:
+        tables["sections"] = _table(client.list("sections"))
+    return tables
+
+
+def _objects(frame: pd.DataFrame | None) -> list[dict[str, Any]]:
+    if frame is None:
+        return []
+    return [json.loads(text) for text in frame["json"]]
+
+
+def to_canonical(tables: Mapping[str, pd.DataFrame], entities: Entities) -> dict[str, pd.DataFrame]:
+    """Raw Clever tables to canonical frames; users keep only the roles the portal syncs."""
+    districts = _objects(tables.get("districts"))
+    if len(districts) != 1:
+        raise ValueError(f"Clever returned {len(districts)} districts for the token; expected 1")
+    frames = {
+        model.ORGANIZATIONS.name: clever_mapping.organizations(
+            districts[0], _objects(tables.get("schools"))
+        ),
+        model.TERMS.name: clever_mapping.terms(_objects(tables.get("terms"))),
+        model.COURSES.name: clever_mapping.courses(_objects(tables.get("courses"))),
+        model.USERS.name: clever_mapping.users(_wanted(_objects(tables.get("users")), entities)),
+    }
+    if "sections" in tables:
+        sections = _objects(tables["sections"])
+        frames[model.SECTIONS.name] = clever_mapping.sections(sections)
+        if entities.enrollments:
+            frames[model.ENROLLMENTS.name] = clever_mapping.enrollments(sections)
+    return frames
+
+
+def _wanted(users: list[dict[str, Any]], entities: Entities) -> list[dict[str, Any]]:
+    """Users with their unwanted role objects removed (and users left with none dropped)."""
+    allowed = set(wanted_roles(entities))
+    out = []
+    for user in users:
+        roles = {r: v for r, v in (user.get("roles") or {}).items() if r in allowed}
+        if roles:
+            out.append({**user, "roles": roles})
+    return out
+
+
+def full_modes(entities: Entities) -> dict[str, str]:
+    """A full read is a complete snapshot of every entity the portal syncs."""
+    modes = {e.name: "bulk" for e in model.ENTITIES}
+    if not entities.sections:
+        modes[model.SECTIONS.name] = "absent"
+    if not entities.sections or not entities.enrollments:
+        modes[model.ENROLLMENTS.name] = "absent"
+    return modes
