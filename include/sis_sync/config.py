@@ -71,6 +71,8 @@ class CleverSource(_Strict):
     connection_id: str
     district_id: str
     page_limit: Annotated[int, Field(ge=1, le=10000)] = 10000
+    # Portals sharing one token share one pool, sized to Clever's rate limit.
+    pool: str | None = None
 
 
 class Schools(_Strict):

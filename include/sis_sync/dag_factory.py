@@ -70,6 +70,15 @@ def run_context(portal: Portal, context: dict[str, Any]) -> pipeline.RunContext:
     """The plain run context of a task, from Airflow's."""
     dag_run = context["dag_run"]
     run_type = str(getattr(dag_run.run_type, "value", dag_run.run_type))
+    clever = None
+    if portal.clever is not None:
+        source = portal.clever
+
+        def clever() -> Any:
+            from include.sis_sync.providers.clever_hook import CleverHook
+
+            return CleverHook(source.connection_id).client(limit=source.page_limit)
+
     return pipeline.RunContext(
         portal=portal,
         lms_url=lms_url(),
@@ -79,6 +88,7 @@ def run_context(portal: Portal, context: dict[str, Any]) -> pipeline.RunContext:
         logical_date=dag_run.logical_date,
         params=dict(context["params"]),
         triggered_by=getattr(dag_run, "triggering_user_name", None),
+        clever=clever,
     )
 
 
@@ -130,6 +140,19 @@ class SyncApprovalOperator(ApprovalOperator):
 
 
 def params_for(portal: Portal) -> dict[str, Param]:
+    params = _common_params(portal)
+    if portal.provider == "clever":
+        params["since"] = Param(
+            None,
+            type=["null", "string"],
+            format="date-time",
+            description="Quick sync from this date-time (within Clever's 30-day events window) "
+            "instead of from the last committed sync; mode full reads everything",
+        )
+    return params
+
+
+def _common_params(portal: Portal) -> dict[str, Param]:
     return {
         "mode": Param(
             portal.scheduled_mode,
@@ -204,7 +227,7 @@ def build_dag(portal: Portal) -> DAG:
             opened = pipeline.start(run_context(portal, context))
             return PokeReturnValue(is_done=opened["locked_by"] is None, xcom_value=opened["run_id"])
 
-        @task
+        @task(pool=portal.clever.pool if portal.clever and portal.clever.pool else "default_pool")
         def extract(sync_id: int, **context: Any) -> dict[str, Any]:
             """Read the SIS (here: the OneRoster CSV drop) into raw run data."""
             return stage(pipeline.extract)(run_context(portal, context), sync_id)

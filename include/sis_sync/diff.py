@@ -41,6 +41,11 @@ class DiffInput:
     scope: Scope
     synced_roles: frozenset[str] = frozenset(model.USER_ROLES)
     school_year: tuple[str, str] | None = None
+    # In a delta, the children of each listed parent are complete for that parent: a user row
+    # lists all its organizations (always), a Clever section event all its members.
+    complete_per_parent: Mapping[str, tuple[str, str]] = field(
+        default_factory=lambda: {"user_organizations": ("user_key", "users")}
+    )
 
 
 @dataclass
@@ -188,22 +193,27 @@ def diff_entity(entity: model.Entity, snapshot: pd.DataFrame, diff_in: DiffInput
     return _concat(parts)
 
 
-def _delta_memberships(
-    snapshot: pd.DataFrame, users: pd.DataFrame, diff_in: DiffInput
+def _delta_children(
+    entity: model.Entity,
+    snapshot: pd.DataFrame,
+    parents: pd.DataFrame,
+    column: str,
+    diff_in: DiffInput,
 ) -> pd.DataFrame:
-    """In a delta, a user row lists all its organizations: archive the memberships it dropped."""
-    current = diff_in.current.get(model.USER_ORGANIZATIONS.name)
+    """In a delta, archive the children a listed parent no longer lists (a membership a user
+    row dropped, a student a section event no longer carries)."""
+    current = diff_in.current.get(entity.name)
     if current is None or current.empty:
         return pd.DataFrame(columns=ACTION_COLUMNS)
-    listed_users = users.loc[users["sis_status"] == model.ACTIVE, "sis_key"]
-    present = snapshot["sis_key"]
+    listed = parents.loc[parents["sis_status"] == model.ACTIVE, "sis_key"]
+    parent = column.removesuffix("_key")
     gone = (
         current["active"].astype(bool)
-        & model.key_in(current["user_key"], listed_users)
-        & ~model.key_in(current["sis_key"], present)
-        & in_scope(current, model.USER_ORGANIZATIONS, diff_in.scope.archivable)
+        & model.key_in(current[column], listed)
+        & ~model.key_in(current["sis_key"], snapshot["sis_key"])
+        & in_scope(current, entity, diff_in.scope.archivable)
     )
-    return _frame(model.USER_ORGANIZATIONS, ARCHIVE, current[gone], "left organization")
+    return _frame(entity, ARCHIVE, current[gone], f"no longer listed by its {parent}")
 
 
 def _cascade(
@@ -232,8 +242,12 @@ def diff_snapshot(frames: Mapping[str, pd.DataFrame], diff_in: DiffInput) -> Cha
         if diff_in.modes.get(entity.name, "absent") == "absent" or entity.name not in frames:
             continue
         parts.append(diff_entity(entity, frames[entity.name], diff_in))
-        if entity is model.USER_ORGANIZATIONS and diff_in.modes[entity.name] == "delta":
-            parts.append(_delta_memberships(frames[entity.name], frames[model.USERS.name], diff_in))
+        parent = diff_in.complete_per_parent.get(entity.name)
+        if parent and diff_in.modes[entity.name] == "delta" and parent[1] in frames:
+            column, parent_entity = parent
+            parts.append(
+                _delta_children(entity, frames[entity.name], frames[parent_entity], column, diff_in)
+            )
     actions = _concat(parts)
     cascades = [
         _cascade(actions, diff_in, model.USERS, model.USER_ORGANIZATIONS, "user_key"),

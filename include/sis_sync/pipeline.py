@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -150,45 +150,118 @@ def extract(ctx: RunContext, run_id: int) -> dict[str, Any]:
 
 
 def extract_clever(ctx: RunContext, run_id: int) -> dict[str, Any]:
-    """Read the Clever district in full. The newest event id is taken first, so a change made
-    while the district is read is seen again by the next quick sync, never lost."""
-    from include.sis_sync.providers import clever_extract
+    """Read the Clever district: from its events for a quick sync, else in full.
 
-    if ctx.clever is None:
+    A quick sync reads the events after the last committed checkpoint (or from the run's
+    ``since``). When the district's events cannot be read, or the checkpoint has left Clever's
+    window, the run says so and reads in full. A full read takes the newest event id first,
+    so a change made while the district is read is seen again by the next quick sync.
+    """
+    from include.sis_sync.providers import clever_events, clever_extract
+    from include.sis_sync.providers.clever import CleverEventsUnavailable
+
+    if ctx.clever is None or ctx.portal.clever is None:
         raise RuntimeError("a Clever portal's run needs a Clever client (the DAG layer opens it)")
     with timed(ctx, run_id, "extract") as summary:
         client = ctx.clever()
-        checkpoint = last_committed(ctx.engine, ctx.portal.id)["checkpoint"]
-        newest_event = _newest_event(client, checkpoint)
-        tables = clever_extract.read_district(client, ctx.portal.entities)
-        ctx.data(run_id).write_tables("raw", tables)
-        modes = clever_extract.full_modes(ctx.portal.entities)
-        ctx.data(run_id).write_json(
-            "extract", {"modes": modes, "checkpoint": newest_event, "source": "clever"}
-        )
+        history = last_committed(ctx.engine, ctx.portal.id)
+        reason = _full_sync_reason(ctx, history)
+        data = ctx.data(run_id)
+        extract_info: dict[str, Any] = {"source": "clever", "fallback": None}
+        if reason is None:
+            try:
+                events = client.events(starting_after=_event_id(history["checkpoint"]))
+                delta = clever_events.fold(_since(events, ctx.params.get("since")))
+            except CleverEventsUnavailable as exc:
+                reason = f"the events cannot be read ({exc}); running a full sync instead"
+                extract_info["fallback"] = reason
+                log.warning("run %s: %s", run_id, reason)
+            else:
+                data.write_tables("raw", clever_events.raw_tables(delta))
+                extract_info.update(
+                    modes=clever_extract.full_modes(ctx.portal.entities, "delta"),
+                    checkpoint=delta.last_event_id or history["checkpoint"],
+                    delta=True,
+                    complete_per_parent={
+                        "user_organizations": ["user_key", "users"],
+                        "enrollments": ["section_key", "sections"],
+                    },
+                )
+                summary.update(ran_as="quick", events=delta.events, objects=delta.counts())
+        if reason is not None:
+            newest_event = _newest_event(client, history["checkpoint"])
+            tables = clever_extract.read_district(client, ctx.portal.entities)
+            data.write_tables("raw", tables)
+            extract_info.update(
+                modes=clever_extract.full_modes(ctx.portal.entities), checkpoint=newest_event
+            )
+            summary.update(
+                ran_as="full",
+                why=reason,
+                newest_event=newest_event,
+                rows={name: t.num_rows for name, t in tables.items()},
+            )
+        data.write_json("extract", extract_info)
         update_run(
             ctx.engine,
             run_id,
             source=f"clever district {ctx.portal.clever.district_id}",
-            ran_as="full",
-        )
-        summary.update(
-            ran_as="full",
-            newest_event=newest_event,
-            rows={name: t.num_rows for name, t in tables.items()},
+            ran_as=summary["ran_as"],
         )
     return summary
 
 
+def _full_sync_reason(ctx: RunContext, history: Mapping[str, Any]) -> str | None:
+    """Why this API run must read everything, or None when a quick sync may run."""
+    mode = ctx.params.get("mode") or ctx.portal.scheduled_mode
+    if mode == "full":
+        return "a full sync was asked for"
+    if not history["checkpoint"] and not ctx.params.get("since"):
+        return "no committed sync yet: the first sync is a full one"
+    last_full = history["last_full"]
+    if ctx.run_type == "scheduled" and last_full is not None:
+        if last_full.tzinfo is None:
+            last_full = last_full.replace(tzinfo=UTC)
+        age = datetime.now(UTC) - last_full
+        if age.days >= ctx.portal.full_sync_every_days:
+            return f"the last full sync is {age.days} days old (full_sync_every_days)"
+    return None
+
+
+def _since(events: Iterable[Mapping[str, Any]], since: str | None) -> Iterator[Mapping[str, Any]]:
+    """Only the events created at or after ``since`` (an ISO date-time), when given."""
+    if not since:
+        yield from events
+        return
+    bound = datetime.fromisoformat(str(since).replace("Z", "+00:00"))
+    if bound.tzinfo is None:
+        bound = bound.replace(tzinfo=UTC)
+    for event in events:
+        created = datetime.fromisoformat(str(event.get("created", "")).replace("Z", "+00:00"))
+        if created >= bound:
+            yield event
+
+
+# The checkpoint of a full sync taken while the events window was empty: every later event
+# is new, so the next quick sync reads the window from its start.
+EVENTS_START = "events:start"
+
+
+def _event_id(checkpoint: str | None) -> str | None:
+    return None if checkpoint in (None, EVENTS_START) else checkpoint
+
+
 def _newest_event(client: Any, checkpoint: str | None) -> str | None:
-    """The newest event id, or None when the district's events cannot be read."""
+    """The checkpoint a full read leaves: the newest event id (``EVENTS_START`` for an empty
+    window), or None when the district's events cannot be read."""
     from include.sis_sync.providers.clever import CleverEventsUnavailable
 
     try:
-        return client.newest_event_id(starting_after=checkpoint)
+        newest = client.newest_event_id(starting_after=_event_id(checkpoint))
     except CleverEventsUnavailable as exc:
         log.warning("events unavailable (%s): quick syncs will run as full syncs", exc)
         return None
+    return newest or EVENTS_START
 
 
 def extract_drop(ctx: RunContext, run_id: int) -> dict[str, Any]:
@@ -240,7 +313,8 @@ def transform(ctx: RunContext, run_id: int) -> dict[str, Any]:
         if ctx.portal.provider == "clever":
             from include.sis_sync.providers import clever_extract
 
-            frames = clever_extract.to_canonical(raw, ctx.portal.entities)
+            delta = bool(data.read_json("extract").get("delta"))
+            frames = clever_extract.to_canonical(raw, ctx.portal.entities, delta=delta)
         else:
             frames = oneroster_csv.to_canonical(raw, ctx.portal.entities)
         data.write_frames("canonical", frames)
@@ -318,6 +392,12 @@ def _scope(
     return build_scope(known, ctx.portal.schools.synced, ctx.schools)
 
 
+def _complete_per_parent(extract_info: Mapping[str, Any]) -> dict[str, Any]:
+    """The provider's word on which delta children are complete per parent, if it has one."""
+    given = extract_info.get("complete_per_parent")
+    return {"complete_per_parent": {k: tuple(v) for k, v in given.items()}} if given else {}
+
+
 def _synced_roles(ctx: RunContext) -> frozenset[str]:
     switches = ctx.portal.entities
     return frozenset(
@@ -342,9 +422,13 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
                 scope=scope,
                 synced_roles=_synced_roles(ctx),
                 school_year=(window.start.isoformat(), window.end.isoformat()) if window else None,
+                **_complete_per_parent(data.read_json("extract")),
             ),
         )
         findings = [Finding(**f) for f in data.read_json("findings")]
+        fallback = data.read_json("extract").get("fallback")
+        if fallback:
+            findings.append(Finding("run", "ran_as_full", "warning", 0, [], fallback))
         if len(outsiders):
             findings.append(
                 Finding(

@@ -34,6 +34,8 @@ class Finding:
     detail: str = ""
 
     def message(self) -> str:
+        if not self.count and not self.sis_keys:
+            return f"{self.entity}: {self.check}: {self.detail}"
         keys = ", ".join(k for k in self.sis_keys if k) or "(no key)"
         more = (
             ""

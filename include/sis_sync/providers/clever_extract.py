@@ -74,24 +74,58 @@ def _objects(frame: pd.DataFrame | None) -> list[dict[str, Any]]:
     return [json.loads(text) for text in frame["json"]]
 
 
-def to_canonical(tables: Mapping[str, pd.DataFrame], entities: Entities) -> dict[str, pd.DataFrame]:
-    """Raw Clever tables to canonical frames; users keep only the roles the portal syncs."""
+def _deleted_keys(frame: pd.DataFrame | None) -> set[str]:
+    if frame is None or "deleted" not in frame.columns:
+        return set()
+    return set(frame.loc[frame["deleted"].astype(bool), "id"].astype(str))
+
+
+def _mark_deleted(frame: pd.DataFrame, keys: set[str]) -> pd.DataFrame:
+    if keys:
+        frame = frame.copy()
+        frame.loc[frame["sis_key"].isin(list(keys)), "sis_status"] = model.TO_BE_DELETED
+    return frame
+
+
+def to_canonical(
+    tables: Mapping[str, pd.DataFrame], entities: Entities, *, delta: bool = False
+) -> dict[str, pd.DataFrame]:
+    """Raw Clever tables to canonical frames; users keep only the roles the portal syncs.
+
+    A full read has exactly one district. A delta (from events) has the objects events named,
+    those deleted marked ``tobedeleted``; its enrollments are complete for each section it has.
+    """
     districts = _objects(tables.get("districts"))
-    if len(districts) != 1:
+    schools = _objects(tables.get("schools"))
+    if not delta and len(districts) != 1:
         raise ValueError(f"Clever returned {len(districts)} districts for the token; expected 1")
+    if districts:
+        organizations = clever_mapping.organizations(districts[0], schools)
+    else:
+        organizations = clever_mapping.schools_only(schools)
     frames = {
-        model.ORGANIZATIONS.name: clever_mapping.organizations(
-            districts[0], _objects(tables.get("schools"))
+        model.ORGANIZATIONS.name: _mark_deleted(
+            organizations, _deleted_keys(tables.get("schools"))
         ),
-        model.TERMS.name: clever_mapping.terms(_objects(tables.get("terms"))),
-        model.COURSES.name: clever_mapping.courses(_objects(tables.get("courses"))),
-        model.USERS.name: clever_mapping.users(_wanted(_objects(tables.get("users")), entities)),
+        model.TERMS.name: _mark_deleted(
+            clever_mapping.terms(_objects(tables.get("terms"))), _deleted_keys(tables.get("terms"))
+        ),
+        model.COURSES.name: _mark_deleted(
+            clever_mapping.courses(_objects(tables.get("courses"))),
+            _deleted_keys(tables.get("courses")),
+        ),
+        model.USERS.name: _mark_deleted(
+            clever_mapping.users(_wanted(_objects(tables.get("users")), entities)),
+            _deleted_keys(tables.get("users")),
+        ),
     }
-    if "sections" in tables:
-        sections = _objects(tables["sections"])
-        frames[model.SECTIONS.name] = clever_mapping.sections(sections)
+    if entities.sections and (delta or "sections" in tables):
+        sections = _objects(tables.get("sections"))
+        gone = _deleted_keys(tables.get("sections"))
+        frames[model.SECTIONS.name] = _mark_deleted(clever_mapping.sections(sections), gone)
         if entities.enrollments:
-            frames[model.ENROLLMENTS.name] = clever_mapping.enrollments(sections)
+            live = [s for s in sections if str(s["id"]) not in gone]
+            frames[model.ENROLLMENTS.name] = clever_mapping.enrollments(live)
     return frames
 
 
@@ -106,9 +140,10 @@ def _wanted(users: list[dict[str, Any]], entities: Entities) -> list[dict[str, A
     return out
 
 
-def full_modes(entities: Entities) -> dict[str, str]:
-    """A full read is a complete snapshot of every entity the portal syncs."""
-    modes = {e.name: "bulk" for e in model.ENTITIES}
+def full_modes(entities: Entities, mode: str = "bulk") -> dict[str, str]:
+    """A full read is a complete snapshot (``bulk``) of every entity the portal syncs; an
+    events read is a ``delta`` of each."""
+    modes = {e.name: mode for e in model.ENTITIES}
     if not entities.sections:
         modes[model.SECTIONS.name] = "absent"
     if not entities.sections or not entities.enrollments:

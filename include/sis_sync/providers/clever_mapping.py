@@ -40,22 +40,32 @@ def _join(values: Iterable[Any]) -> str | None:
     return ",".join(items) or None
 
 
+def _school_rows(schools: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "sis_key": s["id"],
+            "name": s.get("name"),
+            "kind": "school",
+            "parent_key": s.get("district"),
+            "school_number": _text(s.get("school_number")) or _text(s.get("sis_id")),
+        }
+        for s in schools
+    ]
+
+
 def organizations(
     district: Mapping[str, Any], schools: Iterable[Mapping[str, Any]]
 ) -> pd.DataFrame:
     """The district and its schools."""
     rows = [{"sis_key": district["id"], "name": district.get("name"), "kind": "district"}]
-    rows += [
-        {
-            "sis_key": s["id"],
-            "name": s.get("name"),
-            "kind": "school",
-            "parent_key": district["id"],
-            "school_number": _text(s.get("school_number")) or _text(s.get("sis_id")),
-        }
-        for s in schools
-    ]
+    rows += [{**row, "parent_key": district["id"]} for row in _school_rows(schools)]
     return model.conform(pd.DataFrame(rows), model.ORGANIZATIONS)
+
+
+def schools_only(schools: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Schools without their district (a delta names only what changed)."""
+    frame = pd.DataFrame(_school_rows(schools), columns=model.ORGANIZATIONS.columns)
+    return model.conform(frame, model.ORGANIZATIONS)
 
 
 def terms(objects: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
