@@ -20,6 +20,7 @@ from airflow.timetables.trigger import CronTriggerTimetable
 from include.sis_sync import pipeline
 from include.sis_sync.config import Portal, PortalConfigError
 from include.sis_sync.lms.db import SchemaOutOfDate, url_from_connection
+from include.sis_sync.providers.clever import CleverAuthError
 from include.sis_sync.providers.oneroster_csv import DropError
 from include.sis_sync.staging import update_run
 from include.sis_sync.validation import SnapshotInvalid
@@ -30,7 +31,14 @@ LMS_WRITES_POOL = "sis_sync_lms_writes"
 UI_BASE_URL_VARIABLE = "sis_sync_ui_base_url"
 START_DATE = datetime(2026, 1, 1)
 # Errors a retry cannot fix: bad input, an old drop, an unmigrated database.
-PERMANENT = (DropError, pipeline.DropRefused, SnapshotInvalid, PortalConfigError, SchemaOutOfDate)
+PERMANENT = (
+    DropError,
+    pipeline.DropRefused,
+    SnapshotInvalid,
+    PortalConfigError,
+    SchemaOutOfDate,
+    CleverAuthError,
+)
 RUN_TYPES = {"scheduled": "scheduled", "backfill": "backfill", "asset_triggered": "scheduled"}
 
 DOC = """

@@ -36,7 +36,7 @@ def test_shipped_portal_files_load_without_import_errors(shipped_portals: DagBag
     portals, errors = load_portals(DEFAULT_PORTALS_DIR)
     assert errors == []
     assert {p.dag_id for p in portals} <= set(shipped_portals.dag_ids)
-    assert "sis_sync__demo" in shipped_portals.dag_ids
+    assert {"sis_sync__demo", "sis_sync__clever_demo"} <= set(shipped_portals.dag_ids)
 
 
 def test_each_portal_dag_has_the_sync_shape(shipped_portals: DagBag) -> None:
@@ -48,14 +48,10 @@ def test_each_portal_dag_has_the_sync_shape(shipped_portals: DagBag) -> None:
         assert edges == {k: v for k, v in SHAPE.items() if k != "start"}, dag_id
         assert dag.max_active_runs == 1
         assert "sis-sync" in dag.tags and dag.doc_md
-        assert set(dag.params.keys()) == {
-            "mode",
-            "auto_commit",
-            "schools",
-            "allow_mass_archive",
-            "drop_date",
-            "replay",
-        }
+        expected = {"mode", "auto_commit", "schools", "allow_mass_archive", "drop_date", "replay"}
+        if "clever" in dag.tags:
+            expected.add("since")  # a quick sync from a chosen date-time in the events window
+        assert set(dag.params.keys()) == expected
         assert dag.get_task("extract").retries >= 1
         assert dag.get_task("await_approval").retries == 0
 

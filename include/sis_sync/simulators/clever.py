@@ -1200,22 +1200,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-events", action="store_true", help="serve events as disabled")
     args = parser.parse_args(argv)
 
-    data = clever_data_from_district(
-        generator.generate_district(args.preset),
-        multi_role=args.multi_role,
-        contacts=args.contacts,
-    )
+    district = generator.generate_district(args.preset)
+    data = clever_data_from_district(district, multi_role=args.multi_role, contacts=args.contacts)
     simulator = CleverSimulator(
         data, args.token, events_enabled=not args.no_events, host=args.host, port=args.port
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    days = [district]
+
+    def next_day(*_: Any) -> None:
+        """SIGUSR1: the district moves on a day (adds, updates, leavers), emitting events."""
+        days.append(
+            generator.next_day(days[-1], seed=len(days), add=0.03, update=0.03, archive=0.03)
+        )
+        later = clever_data_from_district(
+            days[-1], multi_role=args.multi_role, contacts=args.contacts
+        )
+        print(f"Clever simulator: day {len(days)}: {simulator.apply(later)} events", flush=True)
+
+    signal.signal(signal.SIGUSR1, next_day)
     simulator.start()
     print(
         f"Clever simulator: {args.preset} district at {simulator.base_url}{API_PREFIX} "
         f"({len(data.schools)} schools, {len(data.users)} users, {len(data.sections)} "
-        "sections); stop with Ctrl-C",
+        "sections); SIGUSR1 moves it on a day; stop with Ctrl-C",
         flush=True,
     )
     try:
