@@ -189,6 +189,9 @@ def extract_clever(ctx: RunContext, run_id: int) -> dict[str, Any]:
                 )
                 summary.update(ran_as="quick", events=delta.events, objects=delta.counts())
         if reason is not None:
+            asked = ctx.params.get("mode") or ctx.portal.scheduled_mode
+            if asked == "quick":
+                extract_info["fallback"] = extract_info["fallback"] or f"ran as full: {reason}"
             newest_event = _newest_event(client, history["checkpoint"])
             tables = clever_extract.read_district(client, ctx.portal.entities)
             data.write_tables("raw", tables)
@@ -218,14 +221,25 @@ def _full_sync_reason(ctx: RunContext, history: Mapping[str, Any]) -> str | None
         return "a full sync was asked for"
     if not history["checkpoint"] and not ctx.params.get("since"):
         return "no committed sync yet: the first sync is a full one"
-    last_full = history["last_full"]
-    if ctx.run_type == "scheduled" and last_full is not None:
-        if last_full.tzinfo is None:
-            last_full = last_full.replace(tzinfo=UTC)
-        age = datetime.now(UTC) - last_full
-        if age.days >= ctx.portal.full_sync_every_days:
-            return f"the last full sync is {age.days} days old (full_sync_every_days)"
+    checkpoint_age = _age_days(history["checkpoint_at"])
+    if not ctx.params.get("since") and checkpoint_age is not None and checkpoint_age >= 29:
+        return (
+            f"the checkpoint is {checkpoint_age} days old and Clever keeps events for 30 days: "
+            "running a full sync instead"
+        )
+    last_full = _age_days(history["last_full"])
+    due = last_full is not None and last_full >= ctx.portal.full_sync_every_days
+    if ctx.run_type == "scheduled" and due:
+        return f"the last full sync is {last_full} days old (full_sync_every_days)"
     return None
+
+
+def _age_days(moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - moment).days
 
 
 def _since(events: Iterable[Mapping[str, Any]], since: str | None) -> Iterator[Mapping[str, Any]]:

@@ -149,18 +149,23 @@ def last_committed(engine: sa.Engine, portal_id: str) -> dict[str, Any]:
         newest_drop = conn.execute(
             sa.select(sa.func.max(runs.c.source_date)).where(committed)
         ).scalar()
-        checkpoint = conn.execute(
-            sa.select(runs.c.checkpoint)
+        checkpoint_row = conn.execute(
+            sa.select(runs.c.checkpoint, runs.c.committed_at)
             .where(committed, runs.c.schools.is_(None), runs.c.checkpoint.is_not(None))
             .order_by(runs.c.committed_at.desc(), runs.c.id.desc())
             .limit(1)
-        ).scalar()
+        ).first()
         last_full = conn.execute(
             sa.select(sa.func.max(runs.c.committed_at)).where(
                 committed, runs.c.ran_as == "full", runs.c.schools.is_(None)
             )
         ).scalar()
-    return {"newest_drop": _as_date(newest_drop), "checkpoint": checkpoint, "last_full": last_full}
+    return {
+        "newest_drop": _as_date(newest_drop),
+        "checkpoint": checkpoint_row[0] if checkpoint_row else None,
+        "checkpoint_at": checkpoint_row[1] if checkpoint_row else None,
+        "last_full": last_full,
+    }
 
 
 def _as_date(value: Any) -> date | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -215,3 +216,19 @@ def test_multi_school_portal_syncs_only_its_schools(server: CleverSimulator, lms
     assert slug == "north-high"
     report = syncer.sync(mode="full")
     assert all(v["archive"] == 0 for v in report["counts"].values())
+
+
+def test_checkpoint_older_than_29_days_runs_full_and_says_so(
+    server: CleverSimulator, lms_url: str
+) -> None:
+    syncer = Syncer(server, lms_url)
+    syncer.sync()
+    with engine_for(lms_url).begin() as conn:
+        conn.execute(
+            sa.text("UPDATE sis_sync_runs SET committed_at = :t"),
+            {"t": datetime.now(UTC) - timedelta(days=29, hours=1)},
+        )
+    report = syncer.sync()
+    assert report["ran_as"] == "full"
+    (warning,) = [w for w in report["warnings"] if w["kind"] == "ran_as_full"]
+    assert "29 days old" in warning["message"]
