@@ -5,11 +5,9 @@ Waits go through an injected ``sleep`` that only records, so retries cost no tim
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import socket
-from functools import cache
 from typing import Any
 
 import pytest
@@ -21,26 +19,14 @@ from include.sis_sync.providers.clever import (
     CleverError,
     CleverEventsUnavailable,
 )
-from include.sis_sync.sample.generator import generate_district
 from include.sis_sync.simulators.clever import (
     CleverData,
     CleverSimulator,
-    clever_data_from_district,
 )
 
 pytestmark = pytest.mark.timeout(60)
 
 TOKEN = "client-secret-token-987"
-
-
-@cache
-def demo_data() -> CleverData:
-    return clever_data_from_district(generate_district("demo"), contacts=2)
-
-
-@pytest.fixture
-def data() -> CleverData:
-    return copy.deepcopy(demo_data())
 
 
 @pytest.fixture

@@ -115,16 +115,6 @@ def assert_valid_event(event: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@cache
-def demo_data() -> CleverData:
-    return clever_data_from_district(generate_district("demo"), contacts=2)
-
-
-@pytest.fixture
-def data() -> CleverData:
-    return copy.deepcopy(demo_data())
-
-
 @pytest.fixture
 def sim(data: CleverData):
     with CleverSimulator(data, TOKEN) as simulator:

@@ -17,7 +17,6 @@ from include.sis_sync import model
 from include.sis_sync.config import Entities
 from include.sis_sync.providers import clever_mapping
 
-RESOURCES = ("districts", "schools", "terms", "courses", "users", "sections")
 # Clever user roles the portal's entity switches allow (roles.contact needs contacts on).
 ROLE_SWITCH = {
     "student": "students",
