@@ -362,3 +362,18 @@ def test_portal_source_resolves_through_the_file(
     monkeypatch.setenv("SIS_SYNC_DROPS_DIR", str(tmp_path / "drops"))
     portal = load_portal(write_portal(tmp_path))
     assert portal.source.resolve() == f"{tmp_path}/drops/testportal/{{date}}"
+
+
+def test_clever_portal_leaves_admins_and_staff_off_unless_asked(tmp_path: Path) -> None:
+    clever = {"connection_id": "clever_x", "district_id": "d1"}
+    default = load_portal(write_portal(tmp_path, provider="clever", source=None, clever=clever))
+    assert (default.entities.administrators, default.entities.staff) == (False, False)
+    assert default.entities.students and default.entities.teachers
+    chosen = load_portal(
+        write_portal(
+            tmp_path, provider="clever", source=None, clever=clever, entities={"staff": True}
+        )
+    )
+    assert (chosen.entities.administrators, chosen.entities.staff) == (False, True)
+    csv = load_portal(write_portal(tmp_path))
+    assert csv.entities.administrators and csv.entities.staff  # OneRoster keeps its defaults
