@@ -78,11 +78,11 @@ def run_context(portal: Portal, context: dict[str, Any]) -> pipeline.RunContext:
     """The plain run context of a task, from Airflow's."""
     dag_run = context["dag_run"]
     run_type = str(getattr(dag_run.run_type, "value", dag_run.run_type))
-    clever = None
+    client = None
     if portal.clever is not None:
         source = portal.clever
 
-        def clever() -> Any:
+        def client() -> Any:
             from include.sis_sync.providers.clever_hook import CleverHook
 
             return CleverHook(source.connection_id).client(limit=source.page_limit)
@@ -96,7 +96,7 @@ def run_context(portal: Portal, context: dict[str, Any]) -> pipeline.RunContext:
         logical_date=dag_run.logical_date,
         params=dict(context["params"]),
         triggered_by=getattr(dag_run, "triggering_user_name", None),
-        clever=clever,
+        client=client,
     )
 
 

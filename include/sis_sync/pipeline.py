@@ -65,7 +65,8 @@ class RunContext:
     logical_date: datetime | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     triggered_by: str | None = None
-    clever: Callable[[], Any] | None = None  # opens a Clever client (the DAG layer's hook)
+    # Opens the provider's API client (Clever, OneRoster REST); the DAG layer's hook makes it.
+    client: Callable[[], Any] | None = None
 
     @property
     def provider(self) -> str:
@@ -160,10 +161,10 @@ def extract_clever(ctx: RunContext, run_id: int) -> dict[str, Any]:
     from include.sis_sync.providers import clever_events, clever_extract
     from include.sis_sync.providers.clever import CleverEventsUnavailable
 
-    if ctx.clever is None or ctx.portal.clever is None:
+    if ctx.client is None or ctx.portal.clever is None:
         raise RuntimeError("a Clever portal's run needs a Clever client (the DAG layer opens it)")
     with timed(ctx, run_id, "extract") as summary:
-        client = ctx.clever()
+        client = ctx.client()
         history = last_committed(ctx.engine, ctx.portal.id)
         reason = _full_sync_reason(ctx, history)
         data = ctx.data(run_id)

@@ -58,7 +58,7 @@ class Syncer:
             airflow_run_id=f"run-{self.runs}",
             run_type="manual",
             params={"allow_mass_archive": True, **params},
-            clever=lambda: CleverClient(self.sim.base_url, self.token, backoff=0.01),
+            client=lambda: CleverClient(self.sim.base_url, self.token, backoff=0.01),
         )
 
     def sync(self, **params: Any) -> dict[str, Any]:
