@@ -75,6 +75,19 @@ class CleverSource(_Strict):
     pool: str | None = None
 
 
+class OneRosterRestSource(_Strict):
+    """Where a OneRoster REST portal reads: an Airflow connection whose host is the base URL
+    (up to, not including, ``/ims/oneroster/v1p1``), login the client id, password the client
+    secret, and extra the ``token_url``, ``auth`` (``oauth2``, the default, or ``oauth1``) and
+    ``scope``."""
+
+    connection_id: str
+    page_limit: Annotated[int, Field(ge=1, le=10000)] = 1000
+    # A quick sync re-reads this much before its checkpoint: clocks and commits drift.
+    overlap_minutes: Annotated[int, Field(ge=0)] = 10
+    pool: str | None = None
+
+
 class Schools(_Strict):
     """Which SIS schools the portal syncs, and the LMS organization each becomes.
 
@@ -146,15 +159,24 @@ class Guards(_Strict):
     update_min_count: Annotated[int, Field(ge=0)] = 20
 
 
+# provider -> (the field naming its source, what that field holds)
+SOURCE_FIELDS = {
+    "oneroster_csv": ("source", "its drop path"),
+    "clever": ("clever", "connection_id and district_id"),
+    "oneroster_rest": ("oneroster", "its connection_id"),
+}
+
+
 class Portal(_Strict):
     """One LMS portal and the SIS it is kept in step with."""
 
     id: str
     name: str
     timezone: str = "UTC"
-    provider: Literal["oneroster_csv", "clever"]
+    provider: Literal["oneroster_csv", "clever", "oneroster_rest"]
     source: Annotated[FileDropSource | None, Field(validate_default=True)] = None
     clever: Annotated[CleverSource | None, Field(validate_default=True)] = None
+    oneroster: Annotated[OneRosterRestSource | None, Field(validate_default=True)] = None
     schedule: str | None = None
     scheduled_mode: Literal["full", "quick"] = "quick"
     full_sync_every_days: Annotated[int, Field(ge=1)] = 7
@@ -178,13 +200,12 @@ class Portal(_Strict):
                 object.__setattr__(self, "entities", self.entities.model_copy(update=off))
         return self
 
-    @field_validator("source", "clever")
+    @field_validator("source", "clever", "oneroster")
     @classmethod
     def _source_for_provider(cls, value: object, info: ValidationInfo) -> object:
-        needs = {"oneroster_csv": "source", "clever": "clever"}.get(info.data.get("provider", ""))
-        if needs == info.field_name and value is None:
-            what = "its drop path" if needs == "source" else "connection_id and district_id"
-            raise ValueError(f"a {info.data['provider']} portal needs '{needs}' ({what})")
+        needs = SOURCE_FIELDS.get(info.data.get("provider", ""))
+        if needs and needs[0] == info.field_name and value is None:
+            raise ValueError(f"a {info.data['provider']} portal needs '{needs[0]}' ({needs[1]})")
         return value
 
     @field_validator("id")
