@@ -87,6 +87,14 @@ def run_context(portal: Portal, context: dict[str, Any]) -> pipeline.RunContext:
 
             return CleverHook(source.connection_id).client(limit=source.page_limit)
 
+    elif portal.oneroster is not None:
+        rest = portal.oneroster
+
+        def client() -> Any:
+            from include.sis_sync.providers.oneroster_hook import OneRosterHook
+
+            return OneRosterHook(rest.connection_id).client(limit=rest.page_limit)
+
     return pipeline.RunContext(
         portal=portal,
         lms_url=lms_url(),
@@ -98,6 +106,12 @@ def run_context(portal: Portal, context: dict[str, Any]) -> pipeline.RunContext:
         triggered_by=getattr(dag_run, "triggering_user_name", None),
         client=client,
     )
+
+
+def api_pool(portal: Portal) -> str:
+    """The pool of the portal's API token (portals sharing a token share its pool)."""
+    source = portal.clever or portal.oneroster
+    return source.pool if source is not None and source.pool else "default_pool"
 
 
 def run_link(context: dict[str, Any]) -> str | None:
@@ -235,7 +249,7 @@ def build_dag(portal: Portal) -> DAG:
             opened = pipeline.start(run_context(portal, context))
             return PokeReturnValue(is_done=opened["locked_by"] is None, xcom_value=opened["run_id"])
 
-        @task(pool=portal.clever.pool if portal.clever and portal.clever.pool else "default_pool")
+        @task(pool=api_pool(portal))
         def extract(sync_id: int, **context: Any) -> dict[str, Any]:
             """Read the SIS (here: the OneRoster CSV drop) into raw run data."""
             return stage(pipeline.extract)(run_context(portal, context), sync_id)
