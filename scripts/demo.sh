@@ -19,22 +19,31 @@ for day in 2026-09-01 2026-09-02 2026-09-03; do
   python -m include.sis_sync.cli report --last demo
 done
 
-# The Clever portal, against the local Clever server (its token is the throw-away one in
-# airflow_settings.yaml): a full sync, then the district moves on a day and a quick sync reads
-# the changes from the Events API.
-python -m include.sis_sync.simulators.clever --preset demo --port 8765 \
-  --token demo-district-token > .data/logs/clever-simulator.log 2>&1 &
-clever_pid=$!
-trap 'kill $clever_pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 50); do grep -q "Clever simulator:" .data/logs/clever-simulator.log && break; sleep 0.2; done
-for step in full quick; do
-  log=".data/logs/demo-clever-$step.log"
-  if [ "$step" = quick ]; then kill -USR1 $clever_pid; sleep 1; fi
-  echo; echo "== Clever portal, $step sync: airflow dags test sis_sync__clever_demo (log: $log)"
-  if ! timeout -s INT -k 30 900 airflow dags test sis_sync__clever_demo -c "{\"mode\": \"$step\"}" > "$log" 2>&1; then
-    tail -40 "$log"; echo "demo: the Clever $step sync failed (full log: $log)"; exit 1
-  fi
-  python -m include.sis_sync.cli report --last clever_demo
-done
+# The API portals, each against its local server (credentials are the throw-away ones in
+# airflow_settings.yaml): a full sync, then the district moves on a day (SIGUSR1) and a quick
+# sync reads only what changed (Clever: the Events API; OneRoster: dateLastModified).
+servers=()
+trap 'for pid in "${servers[@]}"; do kill "$pid" 2>/dev/null || true; done' EXIT
+api_portal() {  # api_portal PORTAL_ID NAME SERVER-COMMAND...
+  local portal=$1 name=$2; shift 2
+  local server_log=".data/logs/$portal-server.log"
+  "$@" > "$server_log" 2>&1 &
+  local pid=$!; servers+=("$pid")
+  for _ in $(seq 1 50); do grep -q "stop with Ctrl-C" "$server_log" && break; sleep 0.2; done
+  for step in full quick; do
+    local log=".data/logs/demo-$portal-$step.log"
+    if [ "$step" = quick ]; then kill -USR1 "$pid"; sleep 1; fi
+    echo; echo "== $name portal, $step sync: airflow dags test sis_sync__$portal (log: $log)"
+    if ! timeout -s INT -k 30 900 airflow dags test "sis_sync__$portal" -c "{\"mode\": \"$step\"}" > "$log" 2>&1; then
+      tail -40 "$log"; echo "demo: the $name $step sync failed (full log: $log)"; exit 1
+    fi
+    python -m include.sis_sync.cli report --last "$portal"
+  done
+  kill "$pid" 2>/dev/null || true
+}
+api_portal clever_demo Clever python -m include.sis_sync.simulators.clever \
+  --preset demo --port 8765 --token demo-district-token
+api_portal oneroster_demo "OneRoster REST" python -m include.sis_sync.simulators.oneroster \
+  --preset demo --port 8766 --client-id demo-client --client-secret demo-client-secret
 
 echo; echo "LMS database: $SIS_SYNC_HOME/.data/lms.db (SQLite); run data: $SIS_SYNC_DATA_URL"

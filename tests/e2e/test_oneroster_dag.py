@@ -1,0 +1,58 @@
+"""The OneRoster REST portal's DAG end to end under dag.test, against the local server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+from airflow.utils.state import DagRunState
+
+from include.sis_sync.lms.db import engine_for
+from include.sis_sync.sample.generator import generate_district
+from include.sis_sync.simulators.oneroster import OneRosterServer, oneroster_data_from_district
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+CLIENT, SECRET = "e2e-client", "e2e-client-secret"
+
+
+def test_oneroster_portal_full_then_quick_sync(make_portal, monkeypatch) -> None:
+    data = oneroster_data_from_district(generate_district("demo"))
+    with OneRosterServer(data, client_id=CLIENT, client_secret=SECRET) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_ONEROSTER_E2E",
+            json.dumps(
+                {
+                    "conn_type": "http",
+                    "host": host,
+                    "port": int(port),
+                    "schema": "http",
+                    "login": CLIENT,
+                    "password": SECRET,
+                    "extra": {"token_url": server.token_url, "auth": "oauth2"},
+                }
+            ),
+        )
+        portal = make_portal(
+            "oneroster_e2e",
+            provider="oneroster_rest",
+            source=None,
+            oneroster={"connection_id": "oneroster_e2e"},
+            auto_commit=True,
+            scheduled_mode="quick",
+        )
+        assert portal.run().state == DagRunState.SUCCESS
+        student = next(u for u in server.objects("users") if u["role"] == "student")
+        server.mark_deleted("users", student["sourcedId"])
+        assert portal.run().state == DagRunState.SUCCESS
+        assert all(SECRET not in json.dumps(r) for r in server.requests)
+    with engine_for(portal.lms_url).connect() as conn:
+        runs = conn.execute(sa.text("SELECT status, ran_as FROM sis_sync_runs ORDER BY id")).all()
+        archived = (
+            conn.execute(sa.text("SELECT sis_key FROM lms_users WHERE archived_at IS NOT NULL"))
+            .scalars()
+            .all()
+        )
+    assert [tuple(r) for r in runs] == [("committed", "full"), ("committed", "quick")]
+    assert archived == [student["sourcedId"]]
