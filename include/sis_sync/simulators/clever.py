@@ -73,24 +73,22 @@ serve a generated district until SIGINT/SIGTERM. The token is never logged.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import hashlib
 import hmac
-import json
 import math
 import os
 import signal
-import socket
 import threading
 import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode
+
+from include.sis_sync.simulators.http import Answer, LocalServer, Request
 
 if TYPE_CHECKING:
     from include.sis_sync.sample.generator import District
@@ -605,68 +603,11 @@ class _Fault:
     reset_in: float | None = None  # set for rate limits
 
 
-@dataclass
-class _Answer:
-    status: int
-    payload: Any = None  # JSON-able; None -> empty body
-    headers: dict[str, str] = field(default_factory=dict)
+def _message(status: int, text: str, **headers: str) -> Answer:
+    return Answer(status, {"message": text}, dict(headers))
 
 
-def _message(status: int, text: str, **headers: str) -> _Answer:
-    return _Answer(status, {"message": text}, dict(headers))
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    simulator: CleverSimulator
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections, as with Clever
-    server_version = "CleverSimulator/3.0"
-    sys_version = ""
-    timeout = 30  # an idle keep-alive connection is closed after this many seconds
-    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms stall between
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.simulator._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.simulator._track(self.connection, add=False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: the request log is ``CleverSimulator.requests`` (never with the token)."""
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        answer = self.server.simulator._handle(
-            self.command, self.path, self.headers.get("Authorization")
-        )
-        body = b""
-        if answer.payload is not None:
-            body = json.dumps(answer.payload, ensure_ascii=False, separators=(",", ":")).encode()
-        self.send_response(answer.status)
-        if answer.payload is not None:
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-        for name, value in answer.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if body and self.command != "HEAD":
-            self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
-
-
-class CleverSimulator:
+class CleverSimulator(LocalServer):
     """A Clever Data + Events API v3.0 server for one district, in a background thread.
 
     ``start()`` binds a free port on 127.0.0.1 (or ``port``) and returns ``base_url``; requests
@@ -674,6 +615,9 @@ class CleverSimulator:
     data and append the matching events. ``requests`` logs ``{method, path, query, status}`` of
     every request, never headers or the token.
     """
+
+    server_version = "CleverSimulator/3.0"
+    thread_name = "clever-simulator"
 
     def __init__(
         self,
@@ -684,13 +628,10 @@ class CleverSimulator:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(host, port)
         self._token = token
         self.events_enabled = events_enabled
-        self.host = host
-        self.port = port
-        self.base_url = ""
         self.requests: list[dict[str, Any]] = []
-        self._lock = threading.RLock()
         self._store = copy.deepcopy(data.resources())
         self._district_id: str = data.district["id"]
         self._sorted: dict[str, list[str]] = {}
@@ -698,63 +639,9 @@ class CleverSimulator:
         self._event_ids: list[str] = []
         self._faults: list[_Fault] = []
         self._ids = _IdFactory()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
 
     def __repr__(self) -> str:
         return f"CleverSimulator(base_url={self.base_url!r}, events={len(self._events)})"
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> str:
-        """Serve in a daemon thread; returns ``base_url`` (``http://127.0.0.1:<port>``)."""
-        with self._lock:
-            if self._server is not None:
-                return self.base_url
-            server = _Server((self.host, self.port), _Handler)
-            server.simulator = self
-            host, port = server.server_address[:2]
-            self.base_url = f"http://{host}:{port}"
-            self._server = server
-            self._thread = threading.Thread(
-                target=server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name=f"clever-simulator-{port}",
-                daemon=True,
-            )
-            self._thread.start()
-            return self.base_url
-
-    def stop(self) -> None:
-        """Stop serving and close every open connection (idempotent)."""
-        with self._lock:
-            server, thread = self._server, self._thread
-            self._server = self._thread = None
-            connections = list(self._connections)
-        if server is None:
-            return
-        server.shutdown()
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> CleverSimulator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
 
     # -- fault injection -------------------------------------------------------------------
 
@@ -796,7 +683,7 @@ class CleverSimulator:
         with self._lock:
             self._faults.append(fault)
 
-    def _take_fault(self, path: str) -> _Answer | None:
+    def _take_fault(self, path: str) -> Answer | None:
         with self._lock:
             for fault in self._faults:
                 if path.startswith(fault.path_prefix):
@@ -816,16 +703,16 @@ class CleverSimulator:
                 "Retry-After": str(max(0, math.ceil(fault.reset_in))),
                 **fault.headers,
             }
-            return _Answer(429, None, headers)
+            return Answer(429, None, headers)
         text = "Internal Error" if fault.status >= 500 else f"injected HTTP {fault.status}"
         return _message(fault.status, text, **fault.headers)
 
     # -- request handling ------------------------------------------------------------------
 
-    def _handle(self, method: str, raw_path: str, authorization: str | None) -> _Answer:
-        parts = urlsplit(raw_path)
-        path = parts.path
-        query = parse_qs(parts.query, keep_blank_values=True)
+    def handle(self, request: Request) -> Answer:
+        method, authorization = request.method, request.headers.get("authorization")
+        path = request.path
+        query = parse_qs(request.raw_query, keep_blank_values=True)
         try:
             answer = self._answer(method, path, query, authorization)
         except Exception as exc:  # a simulator bug must still answer, and visibly
@@ -855,7 +742,7 @@ class CleverSimulator:
         path: str,
         query: dict[str, list[str]],
         authorization: str | None,
-    ) -> _Answer:
+    ) -> Answer:
         fault = self._take_fault(path)
         if fault is not None:
             return fault
@@ -881,7 +768,7 @@ class CleverSimulator:
         values = query.get(name)
         return values[-1] if values else None
 
-    def _limit(self, query: dict[str, list[str]]) -> int | _Answer:
+    def _limit(self, query: dict[str, list[str]]) -> int | Answer:
         raw = self._one(query, "limit")
         if raw is None or raw == "":
             return DEFAULT_LIMIT
@@ -901,9 +788,9 @@ class CleverSimulator:
             ids = self._sorted[resource] = sorted(self._store[resource])
         return ids
 
-    def _list(self, resource: str, path: str, query: dict[str, list[str]]) -> _Answer:
+    def _list(self, resource: str, path: str, query: dict[str, list[str]]) -> Answer:
         limit = self._limit(query)
-        if isinstance(limit, _Answer):
+        if isinstance(limit, Answer):
             return limit
         role = self._one(query, "role")
         if role is not None and (resource != "users" or role not in ROLES):
@@ -914,13 +801,13 @@ class CleverSimulator:
             if role:
                 ids = [i for i in ids if records[i].get("roles", {}).get(role) is not None]
             if self._one(query, "count") == "true":
-                return _Answer(200, {"count": len(ids)})
+                return Answer(200, {"count": len(ids)})
             page = self._page(ids, query, limit)
             rows = [
                 {"data": copy.deepcopy(records[i]), "uri": f"{API_PREFIX}/{resource}/{i}"}
                 for i in page
             ]
-        return _Answer(200, {"data": rows, "links": self._links(ids, page, path, query, limit)})
+        return Answer(200, {"data": rows, "links": self._links(ids, page, path, query, limit)})
 
     def _page(self, ids: Sequence[str], query: dict[str, list[str]], limit: int) -> list[str]:
         after = self._one(query, "starting_after")
@@ -952,7 +839,7 @@ class CleverSimulator:
             links.append({"rel": "next", "uri": f"{path}?{after}"})
         return links
 
-    def _item(self, resource: str, item_id: str) -> _Answer:
+    def _item(self, resource: str, item_id: str) -> Answer:
         with self._lock:
             if resource == "events":
                 if not self.events_enabled:
@@ -968,23 +855,23 @@ class CleverSimulator:
             if found is None:
                 return _message(404, f"{resource} {item_id} not found")
             uri = f"{API_PREFIX}/{resource}/{item_id}"
-            return _Answer(
+            return Answer(
                 200, {"data": copy.deepcopy(found), "links": [{"rel": "self", "uri": uri}]}
             )
 
     @staticmethod
-    def _events_disabled() -> _Answer:
+    def _events_disabled() -> Answer:
         return _message(
             404,
             "events are not enabled for this district: enable them in Clever "
             "(Settings > Integrations > Enable events)",
         )
 
-    def _list_events(self, path: str, query: dict[str, list[str]]) -> _Answer:
+    def _list_events(self, path: str, query: dict[str, list[str]]) -> Answer:
         if not self.events_enabled:
             return self._events_disabled()
         limit = self._limit(query)
-        if isinstance(limit, _Answer):
+        if isinstance(limit, Answer):
             return limit
         if self._one(query, "school"):
             return _message(501, "the school filter of /events is not served by the simulator")
@@ -1010,7 +897,7 @@ class CleverSimulator:
             rows = [
                 {"data": copy.deepcopy(events[i]), "uri": f"{API_PREFIX}/events/{i}"} for i in page
             ]
-        return _Answer(200, {"data": rows, "links": self._links(ids, page, path, query, limit)})
+        return Answer(200, {"data": rows, "links": self._links(ids, page, path, query, limit)})
 
     # -- data and events -------------------------------------------------------------------
 

@@ -91,23 +91,22 @@ import binascii
 import contextlib
 import copy
 import hmac
-import json
 import os
 import re
 import secrets
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
 
 from oauthlib.oauth1.rfc5849 import signature as oauth1_signature
+
+from include.sis_sync.simulators.http import Answer, LocalServer, Request
 
 if TYPE_CHECKING:
     from include.sis_sync.sample.generator import District
@@ -379,13 +378,6 @@ def oneroster_data_from_district(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Answer:
-    status: int
-    payload: Any = None  # JSON-able; None -> empty body
-    headers: dict[str, str] = field(default_factory=dict)
-
-
 def imsx_error(status: int, description: str, code_minor: str | None = None) -> dict[str, Any]:
     """An imsx_StatusInfo failure body."""
     code = (
@@ -405,13 +397,13 @@ def imsx_error(status: int, description: str, code_minor: str | None = None) -> 
     }
 
 
-def _error(status: int, description: str, code: str | None = None, **headers: str) -> _Answer:
-    return _Answer(status, imsx_error(status, description, code), dict(headers))
+def _error(status: int, description: str, code: str | None = None, **headers: str) -> Answer:
+    return Answer(status, imsx_error(status, description, code), dict(headers))
 
 
-def _oauth_error(status: int, error: str, description: str, **headers: str) -> _Answer:
+def _oauth_error(status: int, error: str, description: str, **headers: str) -> Answer:
     body = {"error": error, "error_description": description}
-    return _Answer(status, body, {"Cache-Control": "no-store", **headers})
+    return Answer(status, body, {"Cache-Control": "no-store", **headers})
 
 
 @dataclass
@@ -422,76 +414,12 @@ class _Fault:
     headers: dict[str, str]
 
 
-@dataclass
-class _Request:
-    method: str
-    path: str
-    raw_query: str
-    headers: Mapping[str, str]
-    body: bytes
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    simulator: OneRosterServer
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "OneRosterSimulator/1.1"
-    sys_version = ""
-    timeout = 30
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.simulator._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.simulator._track(self.connection, add=False)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: the request log is ``OneRosterServer.requests`` (never credentials)."""
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        parts = urlsplit(self.path)
-        request = _Request(
-            self.command,
-            parts.path,
-            parts.query,
-            {k.lower(): v for k, v in self.headers.items()},
-            body,
-        )
-        answer = self.server.simulator._handle(request)
-        data = b""
-        if answer.payload is not None:
-            data = json.dumps(answer.payload, ensure_ascii=False, separators=(",", ":")).encode()
-        self.send_response(answer.status)
-        if answer.payload is not None:
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-        for name, value in answer.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if data and self.command != "HEAD":
-            self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
-
-
 # --------------------------------------------------------------------------------------------
 # The server
 # --------------------------------------------------------------------------------------------
 
 
-class OneRosterServer:
+class OneRosterServer(LocalServer):
     """A OneRoster 1.1 REST server for one district, in a background thread.
 
     ``start()`` binds ``host``:``port`` (0: a free port) and returns ``base_url``
@@ -501,6 +429,9 @@ class OneRosterServer:
     and OAuth 1.0a timestamps are checked against. ``paging``, ``ignore_limit`` and
     ``repeat_pages`` are plain attributes too and may change between requests.
     """
+
+    server_version = "OneRosterSimulator/1.1"
+    thread_name = "oneroster-simulator"
 
     def __init__(
         self,
@@ -529,6 +460,7 @@ class OneRosterServer:
         if token_ttl < 1:
             raise ValueError("token_ttl must be at least 1 second")
         self.client_id = client_id
+        super().__init__(host, port)
         self._secret = client_secret
         self.auth = auth
         self.token_ttl = token_ttl
@@ -537,14 +469,10 @@ class OneRosterServer:
         self.ignore_limit = ignore_limit
         self.repeat_pages = repeat_pages
         self.oauth1_window = oauth1_window
-        self.host = host
-        self.port = port
         self.clock = clock
         self.auth_clock = auth_clock
-        self.base_url = ""
         self.requests: list[dict[str, Any]] = []
         self.tokens_issued = 0
-        self._lock = threading.RLock()
         self._store = copy.deepcopy(data.collections())
         self._tokens: dict[str, float] = {}  # access token -> expiry (auth_clock seconds)
         self._nonces: dict[tuple[str, str], float] = {}  # (timestamp, nonce) -> first seen
@@ -558,9 +486,6 @@ class OneRosterServer:
             ),
             default=0.0,
         )
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
 
     def __repr__(self) -> str:
         return f"OneRosterServer(base_url={self.base_url!r}, auth={self.auth!r})"
@@ -572,57 +497,6 @@ class OneRosterServer:
     @property
     def token_url(self) -> str:
         return self.base_url + TOKEN_PATH
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> str:
-        """Serve in a daemon thread; returns ``base_url`` (``http://127.0.0.1:<port>``)."""
-        with self._lock:
-            if self._server is not None:
-                return self.base_url
-            server = _Server((self.host, self.port), _Handler)
-            server.simulator = self
-            host, port = server.server_address[:2]
-            self.base_url = f"http://{host}:{port}"
-            self._server = server
-            self._thread = threading.Thread(
-                target=server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name=f"oneroster-simulator-{port}",
-                daemon=True,
-            )
-            self._thread.start()
-            return self.base_url
-
-    def stop(self) -> None:
-        """Stop serving and close every open connection (idempotent)."""
-        with self._lock:
-            server, thread = self._server, self._thread
-            self._server = self._thread = None
-            connections = list(self._connections)
-        if server is None:
-            return
-        server.shutdown()
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> OneRosterServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _track(self, conn: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
 
     # -- faults and tokens -----------------------------------------------------------------
 
@@ -669,7 +543,7 @@ class OneRosterServer:
                 self._tokens[token] = now
             return live
 
-    def _take_fault(self, path: str) -> _Answer | None:
+    def _take_fault(self, path: str) -> Answer | None:
         with self._lock:
             for fault in self._faults:
                 if path.startswith(fault.path_prefix):
@@ -689,7 +563,7 @@ class OneRosterServer:
 
     # -- request handling ------------------------------------------------------------------
 
-    def _handle(self, request: _Request) -> _Answer:
+    def handle(self, request: Request) -> Answer:
         try:
             answer = self._answer(request)
         except Exception as exc:  # a simulator bug must still answer, and visibly
@@ -716,7 +590,7 @@ class OneRosterServer:
             )
         return answer
 
-    def _answer(self, request: _Request) -> _Answer:
+    def _answer(self, request: Request) -> Answer:
         fault = self._take_fault(request.path)
         if fault is not None:
             return fault
@@ -764,7 +638,7 @@ class OneRosterServer:
                 return True
         return False
 
-    def _token(self, request: _Request) -> _Answer:
+    def _token(self, request: Request) -> Answer:
         if request.method != "POST":
             return _oauth_error(405, "invalid_request", "use POST", Allow="POST")
         credentials = self._basic_credentials(request.headers.get("authorization", ""))
@@ -792,7 +666,7 @@ class OneRosterServer:
             self._tokens = {t: e for t, e in self._tokens.items() if e > now - 86_400}
             self._tokens[token] = now + self.token_ttl
             self.tokens_issued += 1
-        return _Answer(
+        return Answer(
             200,
             {
                 "access_token": token,
@@ -803,7 +677,7 @@ class OneRosterServer:
             {"Cache-Control": "no-store", "Pragma": "no-cache"},
         )
 
-    def _authenticate(self, request: _Request) -> _Answer | None:
+    def _authenticate(self, request: Request) -> Answer | None:
         if self.auth == "oauth1":
             return self._verify_oauth1(request)
         authorization = request.headers.get("authorization", "")
@@ -828,8 +702,8 @@ class OneRosterServer:
 
     # -- OAuth 1.0a ------------------------------------------------------------------------
 
-    def _verify_oauth1(self, request: _Request) -> _Answer | None:
-        def deny(reason: str) -> _Answer:
+    def _verify_oauth1(self, request: Request) -> Answer | None:
+        def deny(reason: str) -> Answer:
             return _error(
                 401,
                 f"unauthorised request: {reason}",
@@ -906,7 +780,7 @@ class OneRosterServer:
 
     def _int_param(
         self, query: dict[str, list[str]], name: str, default: int, minimum: int
-    ) -> int | _Answer:
+    ) -> int | Answer:
         raw = self._one(query, name)
         if raw is None or raw == "":
             return default
@@ -918,7 +792,7 @@ class OneRosterServer:
             return _error(400, f"{name} must be at least {minimum}")
         return value
 
-    def _predicate(self, collection: str, text: str) -> Callable[[dict[str, Any]], bool] | _Answer:
+    def _predicate(self, collection: str, text: str) -> Callable[[dict[str, Any]], bool] | Answer:
         """A filter expression as a predicate over objects (or a 400 answer)."""
         parts = _CONNECTOR.split(text.strip())
         clauses, connectors = parts[0::2], parts[1::2]
@@ -968,18 +842,18 @@ class OneRosterServer:
         endpoint: str,
         query: dict[str, list[str]],
         subset: tuple[str, str] | None,
-    ) -> _Answer:
+    ) -> Answer:
         limit = self._int_param(query, "limit", DEFAULT_LIMIT, 1)
-        if isinstance(limit, _Answer):
+        if isinstance(limit, Answer):
             return limit
         offset = self._int_param(query, "offset", 0, 0)
-        if isinstance(offset, _Answer):
+        if isinstance(offset, Answer):
             return offset
         predicate = None
         text = self._one(query, "filter")
         if text:
             predicate = self._predicate(collection, text)
-            if isinstance(predicate, _Answer):
+            if isinstance(predicate, Answer):
                 return predicate
         sort = self._one(query, "sort") or "sourcedId"
         if sort not in SCALAR_FIELDS[collection]:
@@ -1021,7 +895,7 @@ class OneRosterServer:
             headers["X-Total-Count"] = str(total)
         if self.paging in ("total", "link"):
             headers["Link"] = self._link_header(endpoint, query, offset, limit, total)
-        return _Answer(200, {collection: page}, headers)
+        return Answer(200, {collection: page}, headers)
 
     def _link_header(
         self, endpoint: str, query: dict[str, list[str]], offset: int, limit: int, total: int
@@ -1058,12 +932,12 @@ class OneRosterServer:
 
         return walk(obj)
 
-    def _item(self, collection: str, sourced_id: str) -> _Answer:
+    def _item(self, collection: str, sourced_id: str) -> Answer:
         with self._lock:
             obj = self._store[collection].get(sourced_id)
             if obj is None:
                 return _error(404, f"{SINGULAR[collection]} {sourced_id} not found")
-            return _Answer(200, {SINGULAR[collection]: self._served(obj)})
+            return Answer(200, {SINGULAR[collection]: self._served(obj)})
 
     # -- data and changes ------------------------------------------------------------------
 

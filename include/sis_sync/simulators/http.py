@@ -1,0 +1,164 @@
+"""What the local SIS servers share: an HTTP server in a daemon thread, answering JSON.
+
+A server subclasses :class:`LocalServer` and implements ``handle(Request) -> Answer``; this
+module does the sockets: keep-alive connections (as real APIs allow), a silent request log,
+and a ``stop()`` that closes every open connection so tests never leave one behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+
+@dataclass
+class Request:
+    """One request as a server sees it; header names lower-cased."""
+
+    method: str
+    path: str
+    raw_query: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass
+class Answer:
+    """One answer: a status, a JSON-able payload (None: empty body) and headers."""
+
+    status: int
+    payload: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class LocalServer:
+    """Serves ``handle`` from a daemon thread on ``host``:``port`` (0: a free port)."""
+
+    server_version = "LocalSIS/1.0"
+    thread_name = "local-sis"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.base_url = ""
+        self._lock = threading.RLock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+
+    def handle(self, request: Request) -> Answer:
+        raise NotImplementedError
+
+    def start(self) -> str:
+        """Serve in a daemon thread; returns ``base_url`` (``http://127.0.0.1:<port>``)."""
+        with self._lock:
+            if self._server is not None:
+                return self.base_url
+            server = _Server((self.host, self.port), _Handler)
+            server.simulator = self
+            host, port = server.server_address[:2]
+            self.base_url = f"http://{host}:{port}"
+            self._server = server
+            self._thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"{self.thread_name}-{port}",
+                daemon=True,
+            )
+            self._thread.start()
+            return self.base_url
+
+    def stop(self) -> None:
+        """Stop serving and close every open connection (idempotent)."""
+        with self._lock:
+            server, thread = self._server, self._thread
+            self._server = self._thread = None
+            connections = list(self._connections)
+        if server is None:
+            return
+        server.shutdown()
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    simulator: LocalServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections, as with real APIs
+    sys_version = ""
+    timeout = 30  # an idle keep-alive connection is closed after this many seconds
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms stall between
+    server: _Server
+
+    @property
+    def server_version(self) -> str:  # type: ignore[override]
+        return self.server.simulator.server_version
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.simulator._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.simulator._track(self.connection, add=False)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: each server keeps its own request log, never with credentials."""
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        request = Request(
+            self.command,
+            parts.path,
+            parts.query,
+            {k.lower(): v for k, v in self.headers.items()},
+            body,
+        )
+        answer = self.server.simulator.handle(request)
+        data = b""
+        if answer.payload is not None:
+            data = json.dumps(answer.payload, ensure_ascii=False, separators=(",", ":")).encode()
+        self.send_response(answer.status)
+        if answer.payload is not None:
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+        for name, value in answer.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if data and self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
