@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from include.sis_sync.providers.errors import SISRequestError
+
 __all__ = [
     "API_PREFIX",
     "MAX_LIMIT",
@@ -57,21 +59,8 @@ _RETRY_EXCEPTIONS = (
 )
 
 
-class CleverError(RuntimeError):
+class CleverError(SISRequestError):
     """A Clever request that failed; ``status`` is the HTTP status when there was one."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        method: str | None = None,
-        path: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.method = method
-        self.path = path
 
 
 class CleverAuthError(CleverError):

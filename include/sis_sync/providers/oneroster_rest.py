@@ -49,6 +49,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 
+from include.sis_sync.providers.errors import SISRequestError
+
 __all__ = [
     "API_PATH",
     "COLLECTIONS",
@@ -76,8 +78,8 @@ _LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
 _REL = re.compile(r'rel\s*=\s*"?([^";]+)"?', re.I)
 
 
-class OneRosterError(RuntimeError):
-    """A OneRoster request that failed; ``status`` is the HTTP status when there was one."""
+class OneRosterError(SISRequestError):
+    """A OneRoster request that failed; ``code`` is the imsx codeMinor when the server sent one."""
 
     def __init__(
         self,
@@ -88,10 +90,7 @@ class OneRosterError(RuntimeError):
         path: str | None = None,
         code: str | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.method = method
-        self.path = path
+        super().__init__(message, status=status, method=method, path=path)
         self.code = code
 
 

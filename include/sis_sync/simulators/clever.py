@@ -78,7 +78,6 @@ import hashlib
 import hmac
 import math
 import os
-import signal
 import threading
 import time
 from bisect import bisect_left, bisect_right
@@ -88,7 +87,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
 
-from include.sis_sync.simulators.http import Answer, LocalServer, Request
+from include.sis_sync.simulators.http import Answer, LocalServer, Request, serve_until_stopped
 
 if TYPE_CHECKING:
     from include.sis_sync.sample.generator import District
@@ -1092,36 +1091,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     simulator = CleverSimulator(
         data, args.token, events_enabled=not args.no_events, host=args.host, port=args.port
     )
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    days = [district]
 
-    def next_day(*_: Any) -> None:
-        """SIGUSR1: the district moves on a day (adds, updates, leavers), emitting events."""
-        days.append(
-            generator.next_day(days[-1], seed=len(days), add=0.03, update=0.03, archive=0.03)
-        )
-        later = clever_data_from_district(
-            days[-1], multi_role=args.multi_role, contacts=args.contacts
-        )
-        print(f"Clever simulator: day {len(days)}: {simulator.apply(later)} events", flush=True)
+    def convert(day: Any) -> CleverData:
+        return clever_data_from_district(day, multi_role=args.multi_role, contacts=args.contacts)
 
-    signal.signal(signal.SIGUSR1, next_day)
-    simulator.start()
-    print(
-        f"Clever simulator: {args.preset} district at {simulator.base_url}{API_PREFIX} "
-        f"({len(data.schools)} schools, {len(data.users)} users, {len(data.sections)} "
-        "sections); SIGUSR1 moves it on a day; stop with Ctrl-C",
-        flush=True,
+    return serve_until_stopped(
+        simulator,
+        district,
+        convert,
+        "Clever simulator",
+        lambda: (
+            f"{args.preset} district at {simulator.base_url}{API_PREFIX} ({len(data.schools)} "
+            f"schools, {len(data.users)} users, {len(data.sections)} sections)"
+        ),
     )
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        simulator.stop()
-    print("Clever simulator stopped", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

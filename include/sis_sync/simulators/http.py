@@ -11,7 +11,7 @@ import contextlib
 import json
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
@@ -162,3 +162,43 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
+
+
+def serve_until_stopped(
+    server: Any,
+    district: Any,
+    to_data: Callable[[Any], Any],
+    name: str,
+    banner: Callable[[], str],
+) -> int:
+    """Serve a generated district until SIGINT or SIGTERM (the simulators' command lines).
+
+    SIGUSR1 moves the district on a day (about 3 % adds, updates and leavers, from the
+    generator's ``next_day``) and applies it to ``server``, which emits what the real API
+    would (events, ``dateLastModified``, ``tobedeleted`` rows).
+    """
+    import signal
+
+    from include.sis_sync.sample import generator
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    days = [district]
+
+    def next_day(*_: Any) -> None:
+        days.append(
+            generator.next_day(days[-1], seed=len(days), add=0.03, update=0.03, archive=0.03)
+        )
+        print(f"{name}: day {len(days)}: {server.apply(to_data(days[-1]))}", flush=True)
+
+    signal.signal(signal.SIGUSR1, next_day)
+    server.start()
+    print(f"{name}: {banner()}; SIGUSR1 moves it on a day; stop with Ctrl-C", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    print(f"{name} stopped", flush=True)
+    return 0

@@ -94,8 +94,6 @@ import hmac
 import os
 import re
 import secrets
-import signal
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,7 +104,7 @@ from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
 
 from oauthlib.oauth1.rfc5849 import signature as oauth1_signature
 
-from include.sis_sync.simulators.http import Answer, LocalServer, Request
+from include.sis_sync.simulators.http import Answer, LocalServer, Request, serve_until_stopped
 
 if TYPE_CHECKING:
     from include.sis_sync.sample.generator import District
@@ -1136,37 +1134,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         host=args.host,
         port=args.port,
     )
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    days = [district]
-
-    def next_day(*_: Any) -> None:
-        """SIGUSR1: the district moves on a day (adds, updates, leavers marked tobedeleted)."""
-        days.append(
-            generator.next_day(days[-1], seed=len(days), add=0.03, update=0.03, archive=0.03)
-        )
-        counts = server.apply(oneroster_data_from_district(days[-1]))
-        print(f"OneRoster simulator: day {len(days)}: {counts}", flush=True)
-
-    signal.signal(signal.SIGUSR1, next_day)
-    server.start()
     counts = data.counts()
-    token = f", token URL {server.token_url}" if args.auth == "oauth2" else ""
-    print(
-        f"OneRoster simulator: {args.preset} district at {server.api_url} ({args.auth}{token}; "
-        f"client id {args.client_id}; {counts['orgs']} orgs, {counts['users']} users, "
-        f"{counts['classes']} classes, {counts['enrollments']} enrollments); SIGUSR1 moves it "
-        "on a day; stop with Ctrl-C",
-        flush=True,
+
+    def token() -> str:  # the URL is known once the server has its port
+        return f", token URL {server.token_url}" if args.auth == "oauth2" else ""
+
+    return serve_until_stopped(
+        server,
+        district,
+        oneroster_data_from_district,
+        "OneRoster simulator",
+        lambda: (
+            f"{args.preset} district at {server.api_url} ({args.auth}{token()}; client id "
+            f"{args.client_id}; {counts['orgs']} orgs, {counts['users']} users, "
+            f"{counts['classes']} classes, {counts['enrollments']} enrollments)"
+        ),
     )
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.stop()
-    print("OneRoster simulator stopped", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
