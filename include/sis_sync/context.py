@@ -1,0 +1,68 @@
+"""What every stage of a run knows: the run's context, free of Airflow types, and its timer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from include.sis_sync.config import Portal
+from include.sis_sync.lms.db import engine_for
+from include.sis_sync.rundata import RunData
+from include.sis_sync.staging import get_run, update_run
+
+log = logging.getLogger("sis_sync")
+
+# OneRoster CSV and REST share sourcedIds: a portal moving from drops to REST keeps its rows.
+PROVIDER_KEYS = {"oneroster_csv": "oneroster", "oneroster_rest": "oneroster", "clever": "clever"}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage needs to know about the run, free of Airflow types."""
+
+    portal: Portal
+    lms_url: str
+    dag_id: str
+    airflow_run_id: str
+    run_type: str  # scheduled | manual | backfill
+    logical_date: datetime | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    triggered_by: str | None = None
+    # Opens the provider's API client (Clever, OneRoster REST); the DAG layer's hook makes it.
+    client: Callable[[], Any] | None = None
+
+    @property
+    def provider(self) -> str:
+        return PROVIDER_KEYS[self.portal.provider]
+
+    @property
+    def engine(self) -> Any:
+        return engine_for(self.lms_url)
+
+    @property
+    def schools(self) -> list[str] | None:
+        return list(self.params.get("schools") or []) or None
+
+    def data(self, run_id: int) -> RunData:
+        return RunData.for_run(self.portal.id, run_id)
+
+
+@contextmanager
+def timed(ctx: RunContext, run_id: int, stage: str) -> Iterator[dict[str, Any]]:
+    """Time a stage, log its summary and keep the timing on the run's row."""
+    summary: dict[str, Any] = {}
+    started = time.perf_counter()
+    yield summary
+    seconds = round(time.perf_counter() - started, 3)
+    summary["seconds"] = seconds
+    run = get_run(ctx.engine, run_id)
+    timings = json.loads(run["timings"]) if run.get("timings") else {}
+    timings[stage] = seconds
+    update_run(ctx.engine, run_id, timings=timings)
+    log.info("%s: %s", stage, summary)
