@@ -27,7 +27,7 @@ def read_current(
         f"SELECT id, sis_key, CASE WHEN archived_at IS NULL THEN 1 ELSE 0 END AS active{columns} "
         f"FROM {table} WHERE portal_id = {ph} AND sis_provider = {ph}"
     )
-    frame = read_frame(conn, sql, (portal_id, provider))
+    frame = read_frame(conn, sql, (portal_id, provider), text=("sis_key", *fields))
     out = pd.DataFrame(
         {
             "id": frame["id"].astype("Int64"),
