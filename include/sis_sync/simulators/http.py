@@ -11,6 +11,7 @@ import contextlib
 import json
 import socket
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,7 +39,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class LocalServer:
+class LocalServer(ABC):
     """Serves ``handle`` from a daemon thread on ``host``:``port`` (0: a free port)."""
 
     server_version = "LocalSIS/1.0"
@@ -53,8 +54,9 @@ class LocalServer:
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
 
+    @abstractmethod
     def handle(self, request: Request) -> Answer:
-        raise NotImplementedError
+        """The server's answer to one request (each simulator's API)."""
 
     def start(self) -> str:
         """Serve in a daemon thread; returns ``base_url`` (``http://127.0.0.1:<port>``)."""
