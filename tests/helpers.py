@@ -251,3 +251,33 @@ def actions_of(change_set: Any, entity: str) -> dict[str, str]:
     frame = change_set.actions
     frame = frame[frame["entity"] == entity]
     return dict(zip(frame["sis_key"], frame["action"], strict=True))
+
+
+def run_whole_sync(ctx: Any) -> dict[str, Any]:
+    """Every stage of one auto-committed sync, as the DAG's tasks run them; returns the
+    report with the extract's summary under ``extract``. The run is finished either way."""
+    from include.sis_sync import pipeline
+
+    run_id = pipeline.start(ctx)["run_id"]
+    try:
+        extracted = pipeline.extract(ctx, run_id)
+        for stage in (pipeline.transform, pipeline.validate_snapshot, pipeline.diff):
+            stage(ctx, run_id)
+        checks = pipeline.validate_changes(ctx, run_id)
+        assert pipeline.gate(ctx, run_id, checks["tripped"]) == "commit"
+        pipeline.commit(ctx, run_id)
+    finally:
+        report = pipeline.finish(ctx, run_id, "failed")
+    report["extract"] = extracted
+    return report
+
+
+def active_keys(lms_url: str, table: str) -> set[str]:
+    """The ``sis_key``s of an LMS table's active rows."""
+    import sqlalchemy as sa
+
+    from include.sis_sync.lms.db import engine_for
+
+    with engine_for(lms_url).connect() as conn:
+        query = f"SELECT sis_key FROM {table} WHERE archived_at IS NULL"
+        return set(conn.execute(sa.text(query)).scalars())

@@ -15,6 +15,7 @@ from include.sis_sync.lms.db import engine_for
 from include.sis_sync.providers.clever import CleverAuthError, CleverClient
 from include.sis_sync.sample.generator import generate_district
 from include.sis_sync.simulators.clever import CleverSimulator, clever_data_from_district
+from tests.helpers import active_keys, run_whole_sync
 
 TOKEN = "district-token-for-tests"
 
@@ -62,26 +63,10 @@ class Syncer:
         )
 
     def sync(self, **params: Any) -> dict[str, Any]:
-        ctx = self.context(**params)
-        run_id = pipeline.start(ctx)["run_id"]
-        try:
-            extracted = pipeline.extract(ctx, run_id)
-            for stage in (pipeline.transform, pipeline.validate_snapshot, pipeline.diff):
-                stage(ctx, run_id)
-            checks = pipeline.validate_changes(ctx, run_id)
-            assert pipeline.gate(ctx, run_id, checks["tripped"]) == "commit"
-            pipeline.commit(ctx, run_id)
-            report = pipeline.finish(ctx, run_id, "failed")
-        except Exception:
-            pipeline.finish(ctx, run_id, "failed")
-            raise
-        report["extract"] = extracted
-        return report
+        return run_whole_sync(self.context(**params))
 
     def active(self, table: str) -> set[str]:
-        with engine_for(self.lms_url).connect() as conn:
-            query = f"SELECT sis_key FROM {table} WHERE archived_at IS NULL"
-            return set(conn.execute(sa.text(query)).scalars())
+        return active_keys(self.lms_url, table)
 
 
 def _counts(report: dict[str, Any], label: str) -> dict[str, int]:

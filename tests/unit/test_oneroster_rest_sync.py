@@ -14,6 +14,7 @@ from include.sis_sync.lms.db import engine_for
 from include.sis_sync.providers.oneroster_rest import OneRosterAuthError, OneRosterClient
 from include.sis_sync.sample.generator import generate_district
 from include.sis_sync.simulators.oneroster import OneRosterServer, oneroster_data_from_district
+from tests.helpers import active_keys, run_whole_sync
 
 pytestmark = pytest.mark.timeout(120)
 CLIENT, SECRET = "test-client", "test-client-secret"
@@ -61,23 +62,10 @@ class Syncer:
                 backoff=0.01,
             ),
         )
-        run_id = pipeline.start(ctx)["run_id"]
-        try:
-            extracted = pipeline.extract(ctx, run_id)
-            for stage in (pipeline.transform, pipeline.validate_snapshot, pipeline.diff):
-                stage(ctx, run_id)
-            checks = pipeline.validate_changes(ctx, run_id)
-            assert pipeline.gate(ctx, run_id, checks["tripped"]) == "commit"
-            pipeline.commit(ctx, run_id)
-        finally:
-            report = pipeline.finish(ctx, run_id, "failed")
-        report["extract"] = extracted
-        return report
+        return run_whole_sync(ctx)
 
     def active(self, table: str) -> set[str]:
-        with engine_for(self.lms_url).connect() as conn:
-            query = f"SELECT sis_key FROM {table} WHERE archived_at IS NULL"
-            return set(conn.execute(sa.text(query)).scalars())
+        return active_keys(self.lms_url, table)
 
 
 def _students(server: OneRosterServer) -> list[dict[str, Any]]:
