@@ -72,7 +72,6 @@ serve a generated district until SIGINT/SIGTERM. The token is never logged.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import hmac
@@ -87,7 +86,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
 
-from include.sis_sync.simulators.http import Answer, LocalServer, Request, serve_until_stopped
+from include.sis_sync.simulators.http import (
+    Answer,
+    LocalServer,
+    Request,
+    district_parser,
+    serve_until_stopped,
+)
 
 if TYPE_CHECKING:
     from include.sis_sync.sample.generator import District
@@ -1069,13 +1074,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Serve a generated district until SIGINT or SIGTERM."""
     from include.sis_sync.sample import generator
 
-    parser = argparse.ArgumentParser(
-        prog="python -m include.sis_sync.simulators.clever",
-        description="Serve a generated district as a local Clever API v3.0.",
+    parser = district_parser(
+        "include.sis_sync.simulators.clever",
+        "Serve a generated district as a local Clever API v3.0.",
+        port=8765,
     )
-    parser.add_argument("--preset", choices=sorted(generator.PRESETS), default="demo")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     parser.add_argument(
         "--token",
         default=os.environ.get("CLEVER_SIMULATOR_TOKEN", "test-token"),

@@ -7,6 +7,7 @@ and a ``stop()`` that closes every open connection so tests never leave one behi
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import socket
@@ -164,6 +165,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
+
+
+def district_parser(module: str, description: str, port: int) -> argparse.ArgumentParser:
+    """The options every simulator's command line shares: the preset, host and port."""
+    from include.sis_sync.sample import generator
+
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    parser.add_argument("--preset", choices=sorted(generator.PRESETS), default="demo")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=port, help="0 picks a free port")
+    return parser
 
 
 def serve_until_stopped(

@@ -85,7 +85,6 @@ Run ``python -m include.sis_sync.simulators.oneroster --preset demo --port 8766 
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import contextlib
@@ -104,7 +103,13 @@ from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit
 
 from oauthlib.oauth1.rfc5849 import signature as oauth1_signature
 
-from include.sis_sync.simulators.http import Answer, LocalServer, Request, serve_until_stopped
+from include.sis_sync.simulators.http import (
+    Answer,
+    LocalServer,
+    Request,
+    district_parser,
+    serve_until_stopped,
+)
 
 if TYPE_CHECKING:
     from include.sis_sync.sample.generator import District
@@ -1100,13 +1105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Serve a generated district until SIGINT or SIGTERM (SIGUSR1: the next day)."""
     from include.sis_sync.sample import generator
 
-    parser = argparse.ArgumentParser(
-        prog="python -m include.sis_sync.simulators.oneroster",
-        description="Serve a generated district as a local OneRoster 1.1 REST server.",
+    parser = district_parser(
+        "include.sis_sync.simulators.oneroster",
+        "Serve a generated district as a local OneRoster 1.1 REST server.",
+        port=8766,
     )
-    parser.add_argument("--preset", choices=sorted(generator.PRESETS), default="demo")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8766, help="0 picks a free port")
     parser.add_argument(
         "--client-id",
         default=os.environ.get("ONEROSTER_SIMULATOR_CLIENT_ID", "test-client"),
