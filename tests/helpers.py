@@ -202,11 +202,18 @@ _RUNS = {"n": 0}
 
 
 def stage(
-    lms_url: str, change_set: Any, *, portal_id: str = "p1", schools: list[str] | None = None
+    lms_url: str,
+    change_set: Any,
+    *,
+    portal_id: str = "p1",
+    schools: list[str] | None = None,
+    approve: bool = True,
 ) -> int:
-    """Open a run and stage a change set; returns the run id."""
+    """Open a run, take the portal's lock and stage a change set; approved (as the gate's
+    auto-commit does) unless ``approve`` is False. Returns the run id."""
     from include.sis_sync.lms.db import engine_for
-    from include.sis_sync.staging import RunRequest, open_run, write_change_set
+    from include.sis_sync.runs import APPROVED, STAGED, RunRequest, acquire_lock, move, open_run
+    from include.sis_sync.staging import write_change_set
 
     engine = engine_for(lms_url)
     _RUNS["n"] += 1
@@ -224,17 +231,36 @@ def stage(
             False,
         ),
     )
+    assert acquire_lock(engine, portal_id, run_id) is None, "the portal is locked"
     write_change_set(engine, run_id, portal_id, change_set, [])
+    if approve:
+        assert move(engine, run_id, APPROVED, allowed_from=(STAGED,), decision="auto_commit")
     return run_id
 
 
+def approve(lms_url: str, run_id: int, by: str = "admin") -> None:
+    """Answer a staged run's approval with Approve, as the approval step records it."""
+    from include.sis_sync.lms.db import engine_for
+    from include.sis_sync.runs import AWAITING_APPROVAL, STAGED, move, record_answer
+
+    engine = engine_for(lms_url)
+    move(engine, run_id, AWAITING_APPROVAL, allowed_from=(STAGED,), decision="approval")
+    assert record_answer(engine, run_id, True, by) == "approved"
+
+
 def commit(lms_url: str, run_id: int, frames: dict[str, Any], *, portal_id: str = "p1") -> Any:
+    """Commit the run as the pipeline does, then release the portal's lock (as ``finish``)."""
     from include.sis_sync.lms.commit import CommitTarget, commit_run
     from include.sis_sync.lms.db import engine_for
+    from include.sis_sync.runs import release_lock
 
-    return commit_run(
-        engine_for(lms_url), run_id, frames, CommitTarget(portal_id, "oneroster"), checkpoint="x"
-    )
+    engine = engine_for(lms_url)
+    try:
+        return commit_run(
+            engine, run_id, frames, CommitTarget(portal_id, "oneroster"), checkpoint="x"
+        )
+    finally:
+        release_lock(engine, portal_id, run_id)
 
 
 def sync(lms_url: str, frames: dict[str, Any], **kwargs: Any) -> tuple[Any, int]:
@@ -281,3 +307,16 @@ def active_keys(lms_url: str, table: str) -> set[str]:
     with engine_for(lms_url).connect() as conn:
         query = f"SELECT sis_key FROM {table} WHERE archived_at IS NULL"
         return set(conn.execute(sa.text(query)).scalars())
+
+
+def set_status(lms_url: str, run_id: int, status: str, **values: Any) -> None:
+    """Put a run in a status directly, as a test's set-up (the code moves it by rules)."""
+    import sqlalchemy as sa
+
+    from include.sis_sync.lms import schema
+    from include.sis_sync.lms.db import engine_for
+
+    with engine_for(lms_url).begin() as conn:
+        conn.execute(
+            sa.update(schema.runs).where(schema.runs.c.id == run_id).values(status=status, **values)
+        )

@@ -46,10 +46,14 @@ class FileDropSource(_Strict):
     """Where a OneRoster CSV portal finds its drops.
 
     ``path`` is a folder or a ``.zip``; it may hold ``{date}`` (the drop date, ``YYYY-MM-DD``).
-    A relative path is taken from ``SIS_SYNC_DROPS_DIR``.
+    A relative path is taken from ``SIS_SYNC_DROPS_DIR``. A scheduled run whose dated drop
+    has not arrived waits for it up to ``wait_hours``, looking every ``poke_seconds`` and
+    holding no worker slot meanwhile (0 hours: fail at once, as manual and backfill runs do).
     """
 
     path: str
+    wait_hours: Annotated[float, Field(ge=0, le=24)] = 4.0
+    poke_seconds: Annotated[int, Field(ge=5, le=3600)] = 300
 
     @property
     def dated(self) -> bool:

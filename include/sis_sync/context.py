@@ -14,7 +14,7 @@ from typing import Any
 from include.sis_sync.config import Portal
 from include.sis_sync.lms.db import engine_for
 from include.sis_sync.rundata import RunData
-from include.sis_sync.staging import get_run, update_run
+from include.sis_sync.runs import AirflowRunAlive, get_run, update_run
 
 log = logging.getLogger("sis_sync")
 
@@ -36,6 +36,9 @@ class RunContext:
     triggered_by: str | None = None
     # Opens the provider's API client (Clever, OneRoster REST); the DAG layer's hook makes it.
     client: Callable[[], Any] | None = None
+    # Whether another Airflow run still runs: a portal lock held by one that does not is
+    # taken over. The DAG layer asks Airflow; None trusts every lock until its run ends.
+    airflow_run_alive: AirflowRunAlive | None = None
 
     @property
     def provider(self) -> str:

@@ -7,6 +7,7 @@ plain stage functions of :mod:`include.sis_sync.pipeline`.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +23,7 @@ from include.sis_sync.config import Portal, PortalConfigError
 from include.sis_sync.lms.db import SchemaOutOfDate, url_from_connection
 from include.sis_sync.providers.clever import CleverAuthError
 from include.sis_sync.providers.oneroster_csv import DropError
-from include.sis_sync.staging import update_run
+from include.sis_sync.runs import RunClosed, RunNotCommittable, update_run
 from include.sis_sync.validation import SnapshotInvalid
 
 LMS_CONN_ID = "lms_db"
@@ -39,15 +40,22 @@ PERMANENT = (
     SchemaOutOfDate,
     CleverAuthError,
 )
+# A stage or commit refused because the run is decided or ended: recorded on the run already.
+REFUSALS = (RunClosed, RunNotCommittable)
+log = logging.getLogger(__name__)
 RUN_TYPES = {"scheduled": "scheduled", "backfill": "backfill", "asset_triggered": "scheduled"}
 
 DOC = """
 ### SIS sync of portal **{name}** (`{id}`)
 
 Keeps the LMS portal's organizations, terms, courses, users, sections and enrollments in step
-with its SIS ({provider}). Stages: start (per-portal lock) → extract → transform →
-validate_snapshot (Great Expectations) → diff (staged actions) → validate_changes (guards) →
-gate → commit, or await_approval → commit → report.
+with its SIS ({provider}). Stages: start (per-portal lock) → wait_for_drop (file drops) →
+extract → transform → validate_snapshot (Great Expectations) → diff (staged actions) →
+validate_changes (guards) → gate → commit, or await_approval → commit → report.
+
+A decision stays decided: only a recorded Approve (from the portal's approvers, when it names
+them) or an allowed auto-commit makes a run committable; clearing or marking tasks never
+does. The run's outcome shows as this DAG run's note.
 
 * auto-commit: **{auto_commit}**; approval timeout {timeout} h; guards: archives over
   {guards.archive_percent} % and {guards.archive_min_count} records, updates over
@@ -105,7 +113,18 @@ def run_context(portal: Portal, context: dict[str, Any]) -> pipeline.RunContext:
         params=dict(context["params"]),
         triggered_by=getattr(dag_run, "triggering_user_name", None),
         client=client,
+        airflow_run_alive=functools.partial(airflow_run_alive, context["ti"]),
     )
+
+
+def airflow_run_alive(ti: Any, dag_id: str, run_id: str) -> bool | None:
+    """Whether Airflow still has the run ``run_id`` queued or running (a deleted run is not);
+    None when Airflow cannot say, so a lock is never taken over on a guess."""
+    try:
+        return ti.get_dr_count(dag_id=dag_id, run_ids=[run_id], states=["queued", "running"]) > 0
+    except Exception:  # the lock then waits for the run to end, as before
+        log.warning("cannot read the state of Airflow run %s of %s", run_id, dag_id, exc_info=True)
+        return None
 
 
 def api_pool(portal: Portal) -> str:
@@ -130,6 +149,8 @@ def stage(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(ctx: pipeline.RunContext, run_id: int, *args: Any) -> Any:
         try:
             return func(ctx, run_id, *args)
+        except REFUSALS as exc:
+            raise AirflowFailException(str(exc)) from exc
         except PERMANENT as exc:
             update_run(ctx.engine, run_id, error=f"{func.__name__}: {exc}")
             raise AirflowFailException(str(exc)) from exc
@@ -249,6 +270,20 @@ def build_dag(portal: Portal) -> DAG:
             opened = pipeline.start(run_context(portal, context))
             return PokeReturnValue(is_done=opened["locked_by"] is None, xcom_value=opened["run_id"])
 
+        drop = portal.source
+
+        @task.sensor(
+            task_id="wait_for_drop",
+            poke_interval=drop.poke_seconds if drop else 60,
+            mode="reschedule",
+            # a backstop only: the poke itself ends the wait after wait_hours, saying why
+            timeout=timedelta(hours=(drop.wait_hours if drop else 0) + 1).total_seconds(),
+            retries=0,
+        )
+        def wait_for_drop(sync_id: int, **context: Any) -> bool:
+            """Scheduled runs of a file-drop portal wait for a late drop, holding no slot."""
+            return stage(pipeline.wait_for_drop)(run_context(portal, context), sync_id)
+
         @task(pool=api_pool(portal))
         def extract(sync_id: int, **context: Any) -> dict[str, Any]:
             """Read the SIS (here: the OneRoster CSV drop) into raw run data."""
@@ -285,7 +320,7 @@ def build_dag(portal: Portal) -> DAG:
         @task.branch
         def gate(sync_id: int, checks: dict[str, Any], **context: Any) -> str:
             """Straight to commit on auto-commit with the guards passed; else wait for a human."""
-            return pipeline.gate(run_context(portal, context), sync_id, checks["tripped"])
+            return stage(pipeline.gate)(run_context(portal, context), sync_id, checks["tripped"])
 
         await_approval = SyncApprovalOperator(
             portal=portal,
@@ -308,14 +343,19 @@ def build_dag(portal: Portal) -> DAG:
             """Write the final status and the report; fail the run when the sync failed."""
             if sync_id is None:
                 raise AirflowFailException("the run never started: see the start task's log")
-            result = pipeline.finish(run_context(portal, context), sync_id, "failed")
+            result = pipeline.finish(run_context(portal, context), sync_id)
             print(result["text"])
             if result["status"] in ("failed", "refused"):
                 raise AirflowFailException(f"sync {result['status']}: {result['error']}")
+            if result["refusals"]:
+                latest = result["refusals"][-1]["detail"]
+                raise AirflowFailException(f"sync {result['status']}, then refused: {latest}")
             return {k: v for k, v in result.items() if k != "text"}
 
         sync_id = start()
         extracted = extract(sync_id)
+        if drop is not None:
+            wait_for_drop(sync_id) >> extracted
         transformed = transform(sync_id, extracted)
         validated = validate_snapshot(sync_id, transformed)
         diffed = diff(sync_id, validated)

@@ -25,7 +25,14 @@ ACTION_COLUMNS = [
     "kind",
     "reason",
     "changes",
+    "parent_user_key",
+    "parent_section_key",
 ]
+# Children whose archive an archived parent explains: child -> ((reference, parent entity), ...)
+CASCADES: dict[str, tuple[tuple[str, str], ...]] = {
+    "user_organizations": (("user_key", "users"),),
+    "enrollments": (("user_key", "users"), ("section_key", "sections")),
+}
 WARNING_COLUMNS = ["entity", "sis_key", "kind", "message"]
 
 ADD, UPDATE, ARCHIVE, REACTIVATE = "add", "update", "archive", "reactivate"
@@ -54,7 +61,8 @@ class ChangeSet:
 
     actions: pd.DataFrame
     warnings: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=WARNING_COLUMNS))
-    outside_school_year: int = 0
+    # sections whose terms all fall outside the school year: not added or updated
+    outside_school_year: pd.Series = field(default_factory=lambda: pd.Series(dtype="string"))
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{entity: {action: n}}`` for every action kind, zeros included."""
@@ -124,6 +132,8 @@ def _frame(entity: model.Entity, action: str, rows: pd.DataFrame, reason: str) -
             "kind": kind_of(rows, entity).astype("string"),
             "reason": reason,
             "changes": rows.get("changes", pd.NA),
+            "parent_user_key": pd.Series(pd.NA, index=rows.index, dtype="string"),
+            "parent_section_key": pd.Series(pd.NA, index=rows.index, dtype="string"),
         },
         columns=ACTION_COLUMNS,
     )
@@ -256,11 +266,37 @@ def diff_snapshot(frames: Mapping[str, pd.DataFrame], diff_in: DiffInput) -> Cha
     ]
     # an enrollment of an archived user in an archived section cascades twice: once is enough
     cascaded = _concat(cascades).drop_duplicates(["entity", "sis_key"])
-    actions = _concat([actions, cascaded])
-    outside = 0
+    actions = _link_parents(_concat([actions, cascaded]).reset_index(drop=True), diff_in)
+    outside = pd.Series(dtype="string")
     if diff_in.school_year and model.SECTIONS.name in frames and model.TERMS.name in frames:
         actions, outside = _apply_school_year(actions, frames, diff_in.school_year)
     return ChangeSet(actions.reset_index(drop=True), outside_school_year=outside)
+
+
+def _link_parents(actions: pd.DataFrame, diff_in: DiffInput) -> pd.DataFrame:
+    """Name, on each membership and enrollment archive, the user and section archived in
+    the same change set that explain it: cascaded, or absent from a full feed beside them.
+    Commit keeps the child when the admin unticks every one of those parents' archives."""
+    archive = actions["action"] == ARCHIVE
+    archived = {
+        parent: actions.loc[archive & (actions["entity"] == parent), "sis_key"]
+        for parent in ("users", "sections")
+    }
+    for child, links in CASCADES.items():
+        current = diff_in.current.get(child)
+        rows = archive & (actions["entity"] == child)
+        if current is None or current.empty or not rows.any():
+            continue
+        columns = [column for column, _ in links]
+        lms = actions.loc[rows, ["sis_key"]].merge(
+            current[["sis_key", *columns]].drop_duplicates("sis_key"), on="sis_key", how="left"
+        )
+        for column, parent in links:
+            parent_key = lms[column].where(model.key_in(lms[column], archived[parent]))
+            target = f"parent_{parent[:-1]}_key"
+            actions[target] = actions[target].astype("string")
+            actions.loc[rows, target] = parent_key.astype("string").to_numpy()
+    return actions
 
 
 def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
@@ -272,7 +308,7 @@ def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
 
 def _apply_school_year(
     actions: pd.DataFrame, frames: Mapping[str, pd.DataFrame], window: tuple[str, str]
-) -> tuple[pd.DataFrame, int]:
+) -> tuple[pd.DataFrame, pd.Series]:
     """Drop adds, updates and reactivations of sections entirely outside the school year,
     and the enrollment adds into them; archives are left as they are."""
     from include.sis_sync.transform import outside_school_year
@@ -282,7 +318,7 @@ def _apply_school_year(
         outside_school_year(sections, frames[model.TERMS.name], *window), "sis_key"
     ]
     if outside.empty:
-        return actions, 0
+        return actions, outside
     not_archive = actions["action"] != ARCHIVE
     drop_sections = (actions["entity"] == model.SECTIONS.name) & model.key_in(
         actions["sis_key"], outside
@@ -295,4 +331,5 @@ def _apply_school_year(
             actions["sis_key"], into
         )
     dropped = not_archive & (drop_sections | drop_enrollments)
-    return actions[~dropped], int((not_archive & drop_sections).sum())
+    kept_out = actions.loc[not_archive & drop_sections, "sis_key"].astype("string")
+    return actions[~dropped], kept_out.reset_index(drop=True)

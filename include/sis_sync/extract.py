@@ -8,13 +8,23 @@ will commit as its checkpoint, and says why when a quick sync had to run in full
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from include.sis_sync.context import RunContext, log, timed
 from include.sis_sync.providers import oneroster_csv
-from include.sis_sync.staging import last_committed, update_run
+from include.sis_sync.runs import (
+    PREPARING,
+    REFUSED,
+    enter_stage,
+    move,
+    now,
+    read_events,
+    record_event,
+    update_run,
+)
+from include.sis_sync.staging import last_committed
 
 
 class DropRefused(RuntimeError):
@@ -32,8 +42,43 @@ def drop_date_for(ctx: RunContext) -> date | None:
     return None
 
 
+def wait_for_drop(ctx: RunContext, run_id: int) -> bool:
+    """Whether the drop this run reads is there; a scheduled run waits for a late one.
+
+    Runs reading the newest drop, or an undated path, never wait (extract says what is
+    missing). A scheduled run waits up to the source's ``wait_hours`` from its first look;
+    manual and backfill runs fail at once. Then the run ends with a message naming the drop.
+    """
+    source = ctx.portal.source
+    drop_date = drop_date_for(ctx)
+    if source is None or not source.dated or drop_date is None:
+        return True
+    enter_stage(ctx.engine, run_id, "wait_for_drop")
+    template = source.resolve()
+    if drop_date in oneroster_csv.list_drops(template):
+        return True
+    expected = template.replace("{date}", drop_date.isoformat())
+    if ctx.run_type != "scheduled" or not source.wait_hours:
+        raise oneroster_csv.DropError(f"{expected}: no drop for {drop_date}")
+    waits = [e for e in read_events(ctx.engine, run_id) if e["event"] == "waiting_for_drop"]
+    if not waits:
+        record_event(ctx.engine, run_id, "waiting_for_drop", f"waiting for {expected}")
+        log.info(
+            "run %s: no drop for %s yet: waiting up to %s h", run_id, drop_date, source.wait_hours
+        )
+        return False
+    since = waits[0]["at"] if waits[0]["at"].tzinfo else waits[0]["at"].replace(tzinfo=UTC)
+    if datetime.now(UTC) - since >= timedelta(hours=source.wait_hours):
+        raise oneroster_csv.DropError(
+            f"{expected}: no drop for {drop_date} after waiting {source.wait_hours:g} h "
+            "(source.wait_hours): nothing was synced"
+        )
+    return False
+
+
 def extract(ctx: RunContext, run_id: int) -> dict[str, Any]:
     """Read the SIS into raw run data, through the portal's provider."""
+    enter_stage(ctx.engine, run_id, "extract")
     if ctx.portal.provider == "clever":
         return extract_clever(ctx, run_id)
     if ctx.portal.provider == "oneroster_rest":
@@ -50,8 +95,6 @@ def extract_oneroster_rest(ctx: RunContext, run_id: int) -> dict[str, Any]:
     them; deletes on servers that drop records outright are seen by the next full sync
     (``full_sync_every_days``).
     """
-    from datetime import timedelta
-
     from include.sis_sync.providers.oneroster_rest_mapping import COLLECTIONS, flatten
 
     if ctx.client is None or ctx.portal.oneroster is None:
@@ -234,10 +277,12 @@ def extract_drop(ctx: RunContext, run_id: int) -> dict[str, Any]:
         path, drop_date = oneroster_csv.locate_drop(template, drop_date_for(ctx))
         newest = last_committed(ctx.engine, ctx.portal.id)["newest_drop"]
         if drop_date and newest and drop_date < newest and not ctx.params.get("replay"):
-            update_run(
+            move(
                 ctx.engine,
                 run_id,
-                status="refused",
+                REFUSED,
+                allowed_from=PREPARING,
+                finished_at=now(),
                 source=path,
                 source_date=drop_date,
                 error=f"drop {drop_date} is older than the newest committed drop {newest}",

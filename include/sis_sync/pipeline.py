@@ -7,6 +7,7 @@ work set-based, logs counts and timings (never personal data), and returns a sma
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -14,33 +15,50 @@ import pandas as pd
 from include.sis_sync import guards, model
 from include.sis_sync.context import PROVIDER_KEYS, RunContext, log, timed
 from include.sis_sync.diff import DiffInput, diff_snapshot
-from include.sis_sync.extract import DropRefused, drop_date_for, extract
+from include.sis_sync.extract import DropRefused, drop_date_for, extract, wait_for_drop
 from include.sis_sync.lms import commit as lms_commit
 from include.sis_sync.lms.db import check_schema
 from include.sis_sync.lms.store import active_keys, read_all_current, read_current
 from include.sis_sync.providers import oneroster_csv
 from include.sis_sync.rundata import RunData, purge_expired
-from include.sis_sync.staging import (
+from include.sis_sync.runs import (
+    APPROVED,
+    AWAITING_APPROVAL,
+    FAILED,
+    FINAL,
+    IN_FLIGHT,
+    STAGED,
+    RunClosed,
+    RunNotCommittable,
     RunRequest,
     acquire_lock,
+    enter_stage,
     get_run,
+    move,
+    now,
     open_run,
+    record_answer,
+    record_event,
     release_lock,
     update_run,
-    write_change_set,
 )
+from include.sis_sync.staging import write_change_set
 from include.sis_sync.transform import Scope, build_scope, derive_user_organizations, restrict
 from include.sis_sync.validation import (
+    Finding,
     SnapshotInvalid,
     check_oddities,
     check_references,
     run_suites,
+    warn,
 )
 
 __all__ = [
     "PROVIDER_KEYS",
     "DropRefused",
+    "RunClosed",
     "RunContext",
+    "RunNotCommittable",
     "approval_body",
     "commit",
     "diff",
@@ -54,6 +72,7 @@ __all__ = [
     "transform",
     "validate_changes",
     "validate_snapshot",
+    "wait_for_drop",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -76,7 +95,7 @@ def start(ctx: RunContext) -> dict[str, Any]:
         allow_mass_archive=bool(ctx.params.get("allow_mass_archive", False)),
     )
     run_id = open_run(ctx.engine, request)
-    holder = acquire_lock(ctx.engine, ctx.portal.id, run_id)
+    holder = acquire_lock(ctx.engine, ctx.portal.id, run_id, ctx.airflow_run_alive)
     if holder is not None:
         log.info("portal %s is busy with run %s; run %s waits", ctx.portal.id, holder, run_id)
     else:
@@ -91,6 +110,7 @@ def start(ctx: RunContext) -> dict[str, Any]:
 
 def transform(ctx: RunContext, run_id: int) -> dict[str, Any]:
     """Raw provider tables to the canonical frames."""
+    enter_stage(ctx.engine, run_id, "transform")
     with timed(ctx, run_id, "transform") as summary:
         data = ctx.data(run_id)
         raw = data.read_frames("raw")
@@ -137,6 +157,7 @@ def _lms_references(ctx: RunContext, modes: Mapping[str, str]) -> dict[str, pd.D
 
 def validate_snapshot(ctx: RunContext, run_id: int) -> dict[str, Any]:
     """Reference checks (warnings, rows or links dropped) then the fatal GX suites."""
+    enter_stage(ctx.engine, run_id, "validate_snapshot")
     with timed(ctx, run_id, "validate_snapshot") as summary:
         data = ctx.data(run_id)
         frames = data.read_frames("canonical")
@@ -191,8 +212,7 @@ def _synced_roles(ctx: RunContext) -> frozenset[str]:
 
 def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
     """Diff the validated snapshot against the LMS and stage the actions and warnings."""
-    from include.sis_sync.validation import Finding
-
+    enter_stage(ctx.engine, run_id, "diff")
     with timed(ctx, run_id, "diff") as summary:
         data, frames, modes, current = _inputs(ctx, run_id, "validated")
         scope = _scope(ctx, frames, current)
@@ -215,24 +235,20 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
             findings.append(Finding("run", "ran_as_full", "warning", 0, [], fallback))
         if len(outsiders):
             findings.append(
-                Finding(
+                warn(
                     "users",
                     "home_school_not_synced",
-                    "warning",
-                    len(outsiders),
-                    outsiders.head(20).tolist(),
+                    outsiders,
                     "enrolled in a synced section, but their own school is not synced",
                 )
             )
-        if change_set.outside_school_year:
+        if len(change_set.outside_school_year):
             findings.append(
-                Finding(
+                warn(
                     "sections",
                     "outside_school_year",
-                    "warning",
                     change_set.outside_school_year,
-                    [],
-                    "classes whose terms all fall outside the school year: not added or updated",
+                    "terms all fall outside the school year: not added or updated",
                 )
             )
         counts = write_change_set(ctx.engine, run_id, ctx.portal.id, change_set, findings)
@@ -256,6 +272,7 @@ def validate_changes(ctx: RunContext, run_id: int) -> dict[str, Any]:
     """Evaluate the guards and record their decision; a guard never fails the task."""
     from include.sis_sync.lms.bulk import placeholder, read_frame
 
+    enter_stage(ctx.engine, run_id, "validate_changes")
     with timed(ctx, run_id, "validate_changes") as summary:
         with ctx.engine.connect() as conn:
             ph = placeholder(conn)
@@ -275,17 +292,81 @@ def validate_changes(ctx: RunContext, run_id: int) -> dict[str, Any]:
     return summary
 
 
+@dataclass(frozen=True)
+class Switches:
+    """The run params that skip approval, as this run may use them, and why not if not."""
+
+    auto_commit: bool
+    allow_mass_archive: bool
+    ignored: str | None = None
+
+
+def switches(ctx: RunContext) -> Switches:
+    """``auto_commit`` and ``allow_mass_archive`` as the run may use them.
+
+    Scheduled runs follow the portal file. Where a portal names ``approvers``, a run's own
+    values count only when one of them triggered it; otherwise the portal's ``auto_commit``
+    applies, mass archives are not allowed, and the run says why.
+    """
+    portal = ctx.portal
+    asked = Switches(
+        bool(ctx.params.get("auto_commit", portal.auto_commit)),
+        bool(ctx.params.get("allow_mass_archive", False)),
+    )
+    own = Switches(portal.auto_commit, False)
+    if ctx.run_type == "scheduled":
+        return own
+    if not portal.approvers or ctx.triggered_by in portal.approvers:
+        return asked
+    ignored = [
+        f"{name}={str(value).lower()}"
+        for name, value, default in (
+            ("auto_commit", asked.auto_commit, own.auto_commit),
+            ("allow_mass_archive", asked.allow_mass_archive, False),
+        )
+        if value != default
+    ]
+    if not ignored:
+        return own
+    why = (
+        f"{' and '.join(ignored)} asked by {ctx.triggered_by or 'an unknown user'}, who is not "
+        "among the portal's approvers: ignored, the portal's own settings apply"
+    )
+    return Switches(own.auto_commit, False, why)
+
+
 def gate(ctx: RunContext, run_id: int, tripped: list[str]) -> str:
-    """``commit`` when auto-commit is on and no guard tripped (or mass archive is allowed),
-    else ``await_approval``. The run records the decision."""
-    auto = bool(ctx.params.get("auto_commit", ctx.portal.auto_commit))
-    allow = bool(ctx.params.get("allow_mass_archive", False))
-    if auto and (not tripped or allow):
-        decision = "auto_commit_guards_overridden" if tripped else "auto_commit"
-        update_run(ctx.engine, run_id, decision=decision)
+    """``commit`` when the run may auto-commit and no guard tripped (or mass archive is
+    allowed), else ``await_approval``. The run records the decision.
+
+    Only a staged run is gated. A retried gate gives the answer already recorded; a gate run
+    again after the run was decided or ended is refused.
+    """
+    use = switches(ctx)
+    if use.ignored:
+        record_event(ctx.engine, run_id, "switches_ignored", use.ignored, ctx.triggered_by)
+    if use.auto_commit and (not tripped or use.allow_mass_archive):
+        overridden = bool(tripped)
+        decision = "auto_commit_guards_overridden" if overridden else "auto_commit"
+        values = {"decision": decision, "decided_at": now()}
+        if overridden:  # an explicit allow_mass_archive: whoever asked for it decided
+            values["decided_by"] = ctx.triggered_by
+        if move(ctx.engine, run_id, APPROVED, allowed_from=(STAGED,), **values):
+            detail = "auto-commit" + (
+                ": guards tripped, mass archive allowed" if overridden else ""
+            )
+            record_event(ctx.engine, run_id, decision, detail, values.get("decided_by"))
+            return "commit"
+    elif move(ctx.engine, run_id, AWAITING_APPROVAL, allowed_from=(STAGED,), decision="approval"):
+        return "await_approval"
+    status = get_run(ctx.engine, run_id)["status"]
+    if status == APPROVED:
         return "commit"
-    update_run(ctx.engine, run_id, decision="approval", status="awaiting_approval")
-    return "await_approval"
+    if status == AWAITING_APPROVAL:
+        return "await_approval"
+    detail = f"gate was run again while the sync was {status}: refused, nothing changed"
+    record_event(ctx.engine, run_id, "stage_refused", detail)
+    raise RunClosed(f"sync {run_id}: {detail}")
 
 
 def approval_body(ctx: RunContext, run_id: int, tripped: list[str], link: str | None = None) -> str:
@@ -295,17 +376,25 @@ def approval_body(ctx: RunContext, run_id: int, tripped: list[str], link: str | 
     run = get_run(ctx.engine, run_id)
     counts = action_counts(ctx.engine, run_id)
     lines = [
-        f"**Portal** {ctx.portal.name} (`{ctx.portal.id}`), run {run_id}, "
+        f"**Portal** {ctx.portal.name} (`{ctx.portal.id}`), sync {run_id}, "
         f"source `{run.get('source') or '-'}`",
         "",
         counts_table(counts),
         "",
     ]
+    use = switches(ctx)
     if tripped:
         lines.append("**Guards tripped**: this change set needs a human decision.")
         lines += [f"- {t}" for t in tripped]
+    elif use.ignored:
+        lines.append(f"**Waiting for approval**: {use.ignored}.")
     else:
         lines.append("No guard tripped; auto-commit is off for this run.")
+    if ctx.portal.approvers:
+        lines += [
+            "",
+            f"Only the portal's approvers may approve: {', '.join(ctx.portal.approvers)}.",
+        ]
     lines += ["", "Approve to apply these changes to the LMS; Reject to discard them."]
     if link:
         lines += ["", f"[The run in Airflow]({link}): each stage's log and the staged actions."]
@@ -313,12 +402,11 @@ def approval_body(ctx: RunContext, run_id: int, tripped: list[str], link: str | 
 
 
 def record_approval(ctx: RunContext, run_id: int, chosen: list[str], by: str | None) -> str:
-    """Keep the approver's answer on the run's row at once: ``approved``, ``rejected``, or
-    ``expired`` when nobody answered before the timeout (the default answer, Reject, applied).
-    """
-    status = "approved" if "Approve" in chosen else "rejected" if by else "expired"
-    update_run(ctx.engine, run_id, status=status, approved_by=by if status == "approved" else None)
-    log.info("run %s %s by %s", run_id, status, by or "the approval timeout")
+    """Keep the approver's answer on the run's row at once (``runs.record_answer``): approved,
+    rejected, expired when nobody answered in time, refused when the one approving is not
+    among the portal's approvers. Returns the run's status after it."""
+    status = record_answer(ctx.engine, run_id, "Approve" in chosen, by, ctx.portal.approvers)
+    log.info("sync %s: %s (answer by %s)", run_id, status, by or "nobody: the approval timeout")
     return status
 
 
@@ -328,7 +416,11 @@ def record_approval(ctx: RunContext, run_id: int, chosen: list[str], by: str | N
 
 
 def commit(ctx: RunContext, run_id: int) -> dict[str, Any]:
-    """Apply the run's selected actions in one transaction with its status and checkpoint."""
+    """Apply the run's selected actions in one transaction with its status and checkpoint.
+
+    Refused (:class:`RunNotCommittable`, recorded) unless the run was approved, still holds
+    the portal's lock and no newer sync of the portal committed.
+    """
     with timed(ctx, run_id, "commit") as summary:
         run = get_run(ctx.engine, run_id)
         frames = ctx.data(run_id).lazy_frames("scoped")
@@ -355,24 +447,33 @@ def commit(ctx: RunContext, run_id: int) -> dict[str, Any]:
     return summary
 
 
-def finish(ctx: RunContext, run_id: int, outcome: str, error: str | None = None) -> dict[str, Any]:
-    """Write the run's final status, release the lock, purge expired run data, and report.
+def finish(ctx: RunContext, run_id: int, outcome: str = FAILED) -> dict[str, Any]:
+    """End the run, release the lock, purge expired run data, and report.
 
-    A run the database calls committed, refused, rejected or expired keeps that status; any
-    other run that reaches the end did not get through: ``outcome`` (``failed``).
+    A run that ended (committed, rejected, expired, refused, failed) keeps its status; a run
+    still in flight when its DAG run ends did not get through: ``outcome`` (``failed``), with
+    the reason when no stage recorded one.
     """
     from include.sis_sync.report import build_report
-    from include.sis_sync.staging import now
 
     run = get_run(ctx.engine, run_id)
-    ended = ("committed", "refused", "rejected", "expired")
-    status = run["status"] if run["status"] in ended else outcome
-    values: dict[str, Any] = {"status": status, "finished_at": now()}
-    if error and not run.get("error"):
-        values["error"] = error
-    update_run(ctx.engine, run_id, **values)
+    if run["status"] not in FINAL:
+        values: dict[str, Any] = {"finished_at": now()}
+        if not run.get("error"):
+            values["error"] = _unfinished(run["status"])
+        move(ctx.engine, run_id, outcome, allowed_from=IN_FLIGHT, **values)
+    elif run.get("finished_at") is None:
+        update_run(ctx.engine, run_id, finished_at=now())
     release_lock(ctx.engine, ctx.portal.id, run_id)
     purged = purge_expired(ctx.portal.id, ctx.portal.retention_days)
     report = build_report(ctx.engine, run_id)
     report["purged_run_folders"] = purged
     return report
+
+
+def _unfinished(status: str) -> str:
+    if status == AWAITING_APPROVAL:
+        return "the approval step ended without an answer: nothing was committed"
+    if status == APPROVED:
+        return "approved, but the commit did not complete: nothing was committed"
+    return f"the DAG run ended while the sync was {status}: nothing was committed"

@@ -14,9 +14,13 @@ import sqlalchemy as sa
 from include.sis_sync import model
 from include.sis_sync.diff import ACTIONS
 from include.sis_sync.lms import schema
-from include.sis_sync.staging import get_run, read_warnings
+from include.sis_sync.runs import get_run, read_events
+from include.sis_sync.staging import read_warnings
 
 MAX_WARNINGS_SHOWN = 20
+MAX_KEYS_SHOWN = 20
+# Events the report lists: attempts that were refused, and answers that came too late.
+REFUSAL_EVENTS = ("commit_refused", "stage_refused", "answer_ignored", "approval_refused")
 
 
 def action_counts(
@@ -62,32 +66,106 @@ def counts_table(counts: dict[str, dict[str, int]]) -> str:
     return "\n".join(rows)
 
 
+def grouped_warnings(engine: sa.Engine, run_id: int) -> list[dict[str, Any]]:
+    """The run's warnings grouped for reading: one group per kind, entity and message, with
+    its count, how many name an action, and the first keys."""
+    groups: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+    for w in read_warnings(engine, run_id):
+        key = (w["kind"], w["entity"], w["message"])
+        group = groups.setdefault(
+            key,
+            {
+                "kind": w["kind"],
+                "entity": w["entity"],
+                "detail": w["message"],
+                "count": 0,
+                "with_action": 0,
+                "keys": [],
+            },
+        )
+        group["count"] += 1
+        group["with_action"] += w["action_id"] is not None
+        if w["sis_key"] and len(group["keys"]) < MAX_KEYS_SHOWN:
+            group["keys"].append(w["sis_key"])
+    for group in groups.values():
+        group["message"] = _group_message(group)
+    return list(groups.values())
+
+
+def _group_message(group: dict[str, Any]) -> str:
+    if not group["keys"]:
+        return group["detail"]
+    more = group["count"] - len(group["keys"])
+    keys = ", ".join(group["keys"]) + (f" and {more} more" if more > 0 else "")
+    return f"{group['entity']}: {group['detail']}: {group['count']} record(s): {keys}"
+
+
+def decision_line(run: dict[str, Any]) -> str | None:
+    """Who decided the run and when, in words: "Committed at T, approved by X at T",
+    "Rejected by X at T", "Expired at T: nobody answered ...", or None while nobody has."""
+    status, by, decision = run["status"], run.get("decided_by"), run.get("decision")
+    at = _when(run.get("decided_at"))
+    if status == "expired":
+        return f"Expired{at}: nobody answered before the approval timeout"
+    if status == "rejected":
+        return f"Rejected by {by or 'unknown'}{at}"
+    who = f"approved by {by}{at}" if decision == "approval" else _auto(run, by)
+    if status == "committed":
+        return f"Committed{_when(run.get('committed_at'))}, {who}"
+    if status == "approved":
+        return who[0].upper() + who[1:]
+    return None
+
+
+def _when(moment: Any) -> str:
+    """`` at YYYY-MM-DD HH:MM:SS UTC`` (times are stored in UTC), or nothing."""
+    return f" at {moment:%Y-%m-%d %H:%M:%S} UTC" if moment else ""
+
+
+def _auto(run: dict[str, Any], by: str | None) -> str:
+    if run.get("decision") == "auto_commit_guards_overridden":
+        return f"auto-committed through tripped guards (allow_mass_archive by {by or 'unknown'})"
+    return "auto-committed (no guard tripped)"
+
+
 def build_report(engine: sa.Engine, run_id: int) -> dict[str, Any]:
     """The run's summary, as a dict (for XCom and the history) with a printable ``text``."""
     run = get_run(engine, run_id)
     committed = run["status"] == "committed"
     counts = action_counts(engine, run_id, "applied" if committed else None)
-    warnings = read_warnings(engine, run_id)
     guards_tripped = json.loads(run["guard_decisions"]) if run.get("guard_decisions") else []
     timings = json.loads(run["timings"]) if run.get("timings") else {}
     unticked = action_counts(engine, run_id, "not_selected")
     not_selected = sum(sum(per_action.values()) for per_action in unticked.values())
+    events = read_events(engine, run_id)
     report = {
         "run_id": run_id,
         "portal_id": run["portal_id"],
+        "attempt": run["attempt"],
         "status": run["status"],
         "mode": run["mode"],
         "ran_as": run["ran_as"],
         "trigger": run["trigger"],
+        "triggered_by": run["triggered_by"],
         "source": run["source"],
         "source_date": str(run["source_date"]) if run.get("source_date") else None,
         "decision": run["decision"],
-        "approved_by": run["approved_by"],
+        "decided_by": run["decided_by"],
+        "decided_at": run["decided_at"].isoformat() if run.get("decided_at") else None,
+        "decided": decision_line(run),
         "counts": counts,
         "counts_are": "applied" if committed else "staged",
         "not_selected": not_selected,
-        "warnings": [
-            {"kind": w["kind"], "entity": w["entity"], "message": w["message"]} for w in warnings
+        "warnings": grouped_warnings(engine, run_id),
+        "refusals": [
+            {
+                "at": e["at"].isoformat(),
+                "event": e["event"],
+                "by": e["actor"],
+                "detail": e["detail"],
+            }
+            for e in events
+            if e["event"] in REFUSAL_EVENTS
         ],
         "guards_tripped": guards_tripped,
         "timings": timings,
@@ -100,12 +178,15 @@ def build_report(engine: sa.Engine, run_id: int) -> dict[str, Any]:
 def render(report: dict[str, Any]) -> str:
     """The report as text for logs and the demo."""
     lines = [
-        f"Sync report: portal {report['portal_id']}, run {report['run_id']}: "
+        f"Sync report: portal {report['portal_id']}, sync {report['run_id']}: "
         f"{report['status'].upper()}",
         f"  source: {report['source'] or '-'} (drop date {report['source_date'] or '-'}); "
-        f"asked {report['mode']}, ran as {report['ran_as'] or '-'}; trigger {report['trigger']}; "
-        f"decision {report['decision'] or '-'}"
-        + (f", approved by {report['approved_by']}" if report["approved_by"] else ""),
+        f"asked {report['mode']}, ran as {report['ran_as'] or '-'}; trigger {report['trigger']}"
+        + (f" by {report['triggered_by']}" if report["triggered_by"] else ""),
+    ]
+    if report["decided"]:
+        lines.append(f"  {report['decided']}")
+    lines += [
         f"  counts ({report['counts_are']}):",
         *("    " + line for line in counts_table(report["counts"]).splitlines()),
     ]
@@ -124,12 +205,15 @@ def render(report: dict[str, Any]) -> str:
             else ""
         )
         lines.append(f"  not selected by the approver: {report['not_selected']} action(s){note}")
+    for refusal in report["refusals"]:
+        who = f" (by {refusal['by']})" if refusal["by"] else ""
+        lines.append(f"  REFUSED at {refusal['at']}{who}: {refusal['detail']}")
     warnings = report["warnings"]
-    lines.append(f"  warnings: {len(warnings)}")
+    lines.append(f"  warnings: {sum(w['count'] for w in warnings)}")
     for w in warnings[:MAX_WARNINGS_SHOWN]:
         lines.append(f"    - [{w['kind']}] {w['message']}")
     if len(warnings) > MAX_WARNINGS_SHOWN:
-        lines.append(f"    ... and {len(warnings) - MAX_WARNINGS_SHOWN} more")
+        lines.append(f"    ... and {len(warnings) - MAX_WARNINGS_SHOWN} more kinds")
     if report["error"]:
         lines.append(f"  error: {report['error']}")
     if report["timings"]:
@@ -137,3 +221,35 @@ def render(report: dict[str, Any]) -> str:
             "  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in report["timings"].items())
         )
     return "\n".join(lines)
+
+
+NOTE_PREFIX = "SIS sync"
+
+
+def outcome_note(engine: sa.Engine, dag_id: str, airflow_run_id: str) -> str | None:
+    """The outcome of an Airflow run's latest sync, for its DAG run note: a rejected or
+    expired sync ends as a successful DAG run, so the runs list must say which it was."""
+    runs = schema.runs
+    with engine.connect() as conn:
+        run_id = conn.execute(
+            sa.select(runs.c.id)
+            .where(runs.c.dag_id == dag_id, runs.c.airflow_run_id == airflow_run_id)
+            .order_by(runs.c.attempt.desc())
+            .limit(1)
+        ).scalar()
+    if run_id is None:
+        return None
+    report = build_report(engine, run_id)
+    parts = [f"{NOTE_PREFIX} {run_id}: {report['status'].upper()}"]
+    if report["status"] == "committed":
+        totals = {a: sum(c[a] for c in report["counts"].values()) for a in ACTIONS}
+        done = [f"{n} {a}" for a, n in totals.items() if n]
+        parts.append(", ".join(done) or "no changes")
+    if report["decided"]:
+        parts.append(report["decided"])
+    if report["error"] and report["status"] in ("failed", "refused"):
+        parts.append(report["error"][:300])
+    if report["refusals"]:
+        latest = report["refusals"][-1]
+        parts.append(f"then refused at {latest['at'][:19]} UTC: {latest['detail'][:300]}")
+    return " · ".join(parts)

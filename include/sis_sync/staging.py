@@ -1,14 +1,12 @@
-"""Staging: the run's row, the per-portal lock, and the staged actions and warnings.
+"""Staging: a run's staged actions and warnings, and what the committed history says.
 
-All of it lives in the LMS database so that a commit (LMS rows, action statuses, run status,
-checkpoint) is one transaction.
+It lives in the LMS database beside the runs (``runs.py``) so that a commit (LMS rows, action
+statuses, run status, checkpoint) is one transaction.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
 
 import pandas as pd
@@ -17,128 +15,11 @@ import sqlalchemy as sa
 from include.sis_sync.diff import ChangeSet
 from include.sis_sync.lms import schema
 from include.sis_sync.lms.bulk import insert_frame
+from include.sis_sync.runs import AWAITING_APPROVAL, PREPARING, STAGED, RunClosed, move
 from include.sis_sync.validation import Finding
 
-IN_FLIGHT = ("running", "staged", "awaiting_approval", "approved", "committing")
-FINAL = ("committed", "rejected", "expired", "failed", "refused")
-
-
-class PortalLocked(RuntimeError):
-    """Another sync of the same portal is in flight."""
-
-
-class RunNotCommittable(RuntimeError):
-    """A run whose change set may not be applied (rejected, expired, failed or stale)."""
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """What ``start`` knows about a run when it opens its row."""
-
-    portal_id: str
-    dag_id: str
-    airflow_run_id: str
-    mode: str
-    trigger: str
-    triggered_by: str | None
-    schools: list[str] | None
-    auto_commit: bool
-    allow_mass_archive: bool
-
-
-def open_run(engine: sa.Engine, request: RunRequest) -> int:
-    """Create the run's row, or return the existing one when ``start`` is retried."""
-    runs = schema.runs
-    with engine.begin() as conn:
-        existing = conn.execute(
-            sa.select(runs.c.id).where(
-                runs.c.dag_id == request.dag_id, runs.c.airflow_run_id == request.airflow_run_id
-            )
-        ).scalar()
-        if existing is not None:
-            return int(existing)
-        result = conn.execute(
-            runs.insert().values(
-                portal_id=request.portal_id,
-                dag_id=request.dag_id,
-                airflow_run_id=request.airflow_run_id,
-                mode=request.mode,
-                trigger=request.trigger,
-                triggered_by=request.triggered_by,
-                status="running",
-                schools=json.dumps(request.schools) if request.schools else None,
-                auto_commit=request.auto_commit,
-                allow_mass_archive=request.allow_mass_archive,
-                created_at=now(),
-            )
-        )
-        return int(result.inserted_primary_key[0])
-
-
-def acquire_lock(engine: sa.Engine, portal_id: str, run_id: int) -> int | None:
-    """Take the portal's lock for ``run_id``; returns the run holding it if another does.
-
-    A lock left by a run that has already ended (a crash before ``report``) is taken over.
-    Two starts racing for a free lock both try to insert it: the primary key lets one win.
-    """
-    locks, runs = schema.locks, schema.runs
-    try:
-        with engine.begin() as conn:
-            holder = conn.execute(
-                sa.select(locks.c.run_id).where(locks.c.portal_id == portal_id)
-            ).scalar()
-            if holder is not None and int(holder) != run_id:
-                status = conn.execute(sa.select(runs.c.status).where(runs.c.id == holder)).scalar()
-                if status in IN_FLIGHT:
-                    return int(holder)
-                conn.execute(sa.delete(locks).where(locks.c.portal_id == portal_id))
-                holder = None
-            if holder is None:
-                conn.execute(
-                    locks.insert().values(portal_id=portal_id, run_id=run_id, acquired_at=now())
-                )
-    except sa.exc.IntegrityError:
-        with engine.connect() as conn:
-            holder = conn.execute(
-                sa.select(locks.c.run_id).where(locks.c.portal_id == portal_id)
-            ).scalar()
-        return int(holder) if holder is not None and int(holder) != run_id else None
-    return None
-
-
-def release_lock(engine: sa.Engine, portal_id: str, run_id: int) -> None:
-    locks = schema.locks
-    with engine.begin() as conn:
-        conn.execute(
-            sa.delete(locks).where(locks.c.portal_id == portal_id, locks.c.run_id == run_id)
-        )
-
-
-def get_run(engine: sa.Engine | sa.Connection, run_id: int) -> dict[str, Any]:
-    query = sa.select(schema.runs).where(schema.runs.c.id == run_id)
-    if isinstance(engine, sa.Connection):
-        row = engine.execute(query).mappings().one()
-    else:
-        with engine.connect() as conn:
-            row = conn.execute(query).mappings().one()
-    return dict(row)
-
-
-def update_run(engine: sa.Engine | sa.Connection, run_id: int, **values: Any) -> None:
-    """Set columns of the run's row; dicts and lists are stored as JSON."""
-    for key, value in list(values.items()):
-        if isinstance(value, (dict, list)):
-            values[key] = json.dumps(value, default=str)
-    statement = sa.update(schema.runs).where(schema.runs.c.id == run_id).values(**values)
-    if isinstance(engine, sa.Connection):
-        engine.execute(statement)
-    else:
-        with engine.begin() as conn:
-            conn.execute(statement)
+# A selection may change until the change set is decided.
+SELECTABLE = (*PREPARING, AWAITING_APPROVAL)
 
 
 def last_committed(engine: sa.Engine, portal_id: str) -> dict[str, Any]:
@@ -177,7 +58,8 @@ def _as_date(value: Any) -> date | None:
 def write_change_set(
     engine: sa.Engine, run_id: int, portal_id: str, change_set: ChangeSet, findings: list[Finding]
 ) -> dict[str, dict[str, int]]:
-    """Stage the actions and warnings, replacing any a retried diff staged before."""
+    """Stage the actions and warnings, replacing any a retried diff staged before; each
+    warning names the action of its record (when the record has one)."""
     counts = change_set.counts()
     with engine.begin() as conn:
         conn.execute(sa.delete(schema.actions).where(schema.actions.c.run_id == run_id))
@@ -188,33 +70,71 @@ def write_change_set(
             change_set.actions,
             {"run_id": run_id, "portal_id": portal_id, "selected": True, "status": "staged"},
         )
-        insert_frame(conn, "sis_sync_warnings", findings_frame(run_id, findings))
-        update_run(conn, run_id, status="staged", counts=counts)
+        insert_frame(conn, "sis_sync_warnings", warnings_frame(findings), {"run_id": run_id})
+        link_warnings(conn, run_id)
+        if not move(conn, run_id, STAGED, allowed_from=PREPARING, counts=counts):
+            raise RunClosed(f"sync {run_id} is no longer being prepared: nothing was staged")
     return counts
 
 
-def findings_frame(run_id: int, findings: list[Finding]) -> pd.DataFrame:
-    """Warning rows for findings; the message names keys only, never personal data."""
-    return pd.DataFrame(
-        {
-            "run_id": [run_id] * len(findings),
-            "action_id": [None] * len(findings),
-            "entity": [f.entity for f in findings],
-            "sis_key": [f.sis_keys[0] if f.sis_keys else None for f in findings],
-            "kind": [f.check for f in findings],
-            "message": [f.message() for f in findings],
-        }
+def warnings_frame(findings: list[Finding]) -> pd.DataFrame:
+    """One warning row per affected record (one per finding that names none): its entity,
+    SIS key, kind and message. Messages name keys only, never personal data."""
+    parts = []
+    for f in findings:
+        keys = [k for k in f.sis_keys if k] or [None]
+        message = f.detail if f.sis_keys else f.message()
+        parts.append(
+            pd.DataFrame(
+                {
+                    "entity": f.entity,
+                    "sis_key": keys,
+                    "kind": f.check,
+                    "message": message or f.check,
+                }
+            )
+        )
+    if not parts:
+        return pd.DataFrame(columns=["entity", "sis_key", "kind", "message"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def link_warnings(conn: sa.Connection, run_id: int) -> None:
+    """Point each warning of the run at its record's action, found by entity and key."""
+    actions, warnings = schema.actions, schema.warnings
+    action_id = (
+        sa.select(actions.c.id)
+        .where(
+            actions.c.run_id == warnings.c.run_id,
+            actions.c.entity == warnings.c.entity,
+            actions.c.sis_key == warnings.c.sis_key,
+        )
+        .limit(1)
+        .scalar_subquery()
+    )
+    conn.execute(
+        sa.update(warnings)
+        .where(warnings.c.run_id == run_id, warnings.c.sis_key.is_not(None))
+        .values(action_id=action_id)
     )
 
 
 def set_selected(engine: sa.Engine, run_id: int, action_ids: list[int], selected: bool) -> int:
-    """Tick or untick actions of a run that has not been committed yet."""
+    """Tick or untick actions of a run that is not decided yet (staged or awaiting approval).
+
+    The run's row is written first, as a conditional no-op: it takes the row's lock, so a
+    selection and an Approve never interleave; the approver approves what is saved.
+    """
+    runs = schema.runs
     with engine.begin() as conn:
-        status = conn.execute(
-            sa.select(schema.runs.c.status).where(schema.runs.c.id == run_id)
-        ).scalar()
-        if status in FINAL:
-            raise RunNotCommittable(f"run {run_id} is {status}: its actions can no longer change")
+        open_for_selection = conn.execute(
+            sa.update(runs)
+            .where(runs.c.id == run_id, runs.c.status.in_(SELECTABLE))
+            .values(stage=runs.c.stage)
+        ).rowcount
+        if not open_for_selection:
+            status = conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id)).scalar()
+            raise RunClosed(f"sync {run_id} is {status}: its selection can no longer change")
         result = conn.execute(
             sa.update(schema.actions)
             .where(schema.actions.c.run_id == run_id, schema.actions.c.id.in_(action_ids))

@@ -25,7 +25,8 @@ DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 
 @dataclass
 class Finding:
-    """One failed check: which frame, which check, how many rows and a few of their keys."""
+    """One failed check: which frame, which check, how many rows and their keys (fatal
+    findings keep a few keys for the message; warnings keep every key, one warning row each)."""
 
     entity: str
     check: str
@@ -37,12 +38,9 @@ class Finding:
     def message(self) -> str:
         if not self.count and not self.sis_keys:
             return f"{self.entity}: {self.check}: {self.detail}"
-        keys = ", ".join(k for k in self.sis_keys if k) or "(no key)"
-        more = (
-            ""
-            if self.count <= len(self.sis_keys)
-            else f" and {self.count - len(self.sis_keys)} more"
-        )
+        shown = [k for k in self.sis_keys if k][:MAX_KEYS_REPORTED]
+        keys = ", ".join(shown) or "(no key)"
+        more = "" if self.count <= len(shown) else f" and {self.count - len(shown)} more"
         detail = f" ({self.detail})" if self.detail else ""
         return f"{self.entity}: {self.check}{detail}: {self.count} row(s): {keys}{more}"
 
@@ -194,9 +192,9 @@ def _keys(
     return keys
 
 
-def _warn(entity: str, check: str, keys: pd.Series, detail: str) -> Finding:
-    sample = keys.dropna().astype(str).head(MAX_KEYS_REPORTED).tolist()
-    return Finding(entity, check, "warning", len(keys), sample, detail)
+def warn(entity: str, check: str, keys: pd.Series, detail: str) -> Finding:
+    """A warning about the records ``keys`` (every one of them: one warning row each)."""
+    return Finding(entity, check, "warning", len(keys), keys.dropna().astype(str).tolist(), detail)
 
 
 def check_references(
@@ -222,7 +220,7 @@ def check_references(
             bad = live & ~model.key_in(enrollments[column], known(target))
             if bad.any():
                 findings.append(
-                    _warn(
+                    warn(
                         "enrollments",
                         f"unknown_{target[:-1]}",
                         enrollments.loc[bad, "sis_key"],
@@ -245,7 +243,7 @@ def check_references(
         bad = frame[column].notna() & ~model.key_in(frame[column], known(target))
         if bad.any():
             findings.append(
-                _warn(name, f"unknown_{column}", frame.loc[bad, "sis_key"], "link dropped")
+                warn(name, f"unknown_{column}", frame.loc[bad, "sis_key"], "link dropped")
             )
             frame = frame.copy()
             frame.loc[bad, column] = pd.NA
@@ -274,7 +272,7 @@ def _drop_unknown_items(
     frame = frame.copy()
     frame[column] = kept.reindex(frame.index).astype("string")
     rows = frame.loc[affected[affected].index, "sis_key"]
-    return frame, _warn(name, f"unknown_{column}", rows, "unknown keys removed from the list")
+    return frame, warn(name, f"unknown_{column}", rows, "unknown keys removed from the list")
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,7 +300,7 @@ def check_oddities(
             duplicated |= model.key_in(email, others["email"].dropna().str.lower())
         if duplicated.any():
             findings.append(
-                _warn(
+                warn(
                     "users",
                     "email_already_used",
                     live.loc[duplicated, "sis_key"],
@@ -318,7 +316,7 @@ def check_oddities(
         )
         if conflict.any():
             findings.append(
-                _warn(
+                warn(
                     "enrollments",
                     "role_conflict",
                     enrollments.loc[conflict, "sis_key"],

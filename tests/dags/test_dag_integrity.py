@@ -45,6 +45,9 @@ def test_each_portal_dag_has_the_sync_shape(shipped_portals: DagBag) -> None:
         edges = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
         # every task reads the run id that start opens, so start also feeds them all
         assert edges.pop("start") >= SHAPE["start"]
+        # file-drop portals wait for a late drop before reading it; API portals do not
+        waits = edges.pop("wait_for_drop", None)
+        assert waits == ({"extract"} if "oneroster_csv" in dag.tags else None), dag_id
         assert edges == {k: v for k, v in SHAPE.items() if k != "start"}, dag_id
         assert dag.max_active_runs == 1
         assert "sis-sync" in dag.tags and dag.doc_md
@@ -54,6 +57,9 @@ def test_each_portal_dag_has_the_sync_shape(shipped_portals: DagBag) -> None:
         assert set(dag.params.keys()) == expected
         assert dag.get_task("extract").retries >= 1
         assert dag.get_task("await_approval").retries == 0
+        if waits:
+            sensor = dag.get_task("wait_for_drop")
+            assert sensor.mode == "reschedule"  # holds no worker slot while it waits
 
 
 def test_portal_settings_reach_the_dag(shipped_portals: DagBag) -> None:

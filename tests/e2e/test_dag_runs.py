@@ -97,7 +97,7 @@ def test_approval_approved_commits(make_portal, respond, monkeypatch) -> None:
     assert run.get_task_instance("commit").state == "success"
     (row,) = _runs(portal.lms_url)
     assert row["status"] == "committed"
-    assert row["approved_by"] == "Anonymous"
+    assert row["decided_by"] == "Anonymous"
     assert row["decision"] == "approval"
     assert "| users (student) | 300 |" in responder.seen_bodies[0]
     run_page = f"http://airflow.example:8080/dags/{portal.dag_id}/runs/{quote(run.run_id, safe='')}"

@@ -1,9 +1,12 @@
 """Commit: apply a run's selected actions to the LMS in one transaction.
 
-In that one transaction: the LMS rows (adds, updates, reactivations, archives), each action's
-applied status, the warnings of skipped actions, the run's status and its checkpoint. A failure
-anywhere rolls all of it back. A retried commit of a committed run changes nothing. Nothing is
-ever deleted: archiving sets ``archived_at``.
+The transaction's first write claims the run (``runs.claim_commit``): only an approved run
+that holds the portal's lock, with no newer committed sync of the portal, is applied, and of
+two commits of one run exactly one wins. In that one transaction: the LMS rows (adds,
+updates, reactivations, archives), each action's applied status, the warnings of skipped
+actions, the run's status and its checkpoint. A failure anywhere rolls all of it back. A
+retried commit of a committed run changes nothing; any other refused commit is recorded.
+Nothing is ever deleted: archiving sets ``archived_at``.
 """
 
 from __future__ import annotations
@@ -27,16 +30,27 @@ from include.sis_sync.lms.bulk import (
     temp_table,
     update_from,
 )
+from include.sis_sync.lms.db import write_transaction
 from include.sis_sync.lms.schema import lms_table_name
-from include.sis_sync.staging import RunNotCommittable, get_run, now, update_run
-
-COMMITTABLE = ("staged", "approved", "awaiting_approval", "committing")
+from include.sis_sync.runs import (
+    COMMITTED,
+    RunNotCommittable,
+    claim_commit,
+    commit_refusals,
+    get_run,
+    now,
+    refuse_commit,
+    update_run,
+)
 
 # entity -> (reference column, referenced entity) that must exist for the row to be applied
 DEPENDENCIES: dict[str, tuple[tuple[str, str], ...]] = {
     "user_organizations": (("user_key", "users"), ("organization_key", "organizations")),
     "enrollments": (("section_key", "sections"), ("user_key", "users")),
 }
+
+
+SKIPPED_COLUMNS = ["id", "entity", "sis_key", "kind", "why"]
 
 
 @dataclass
@@ -84,7 +98,6 @@ def commit_run(
     target: CommitTarget,
     *,
     checkpoint: str | None,
-    status: str = "committed",
 ) -> CommitResult:
     """Apply the run's selected actions; all or nothing.
 
@@ -92,40 +105,61 @@ def commit_run(
     rows are in memory at once, and a dependency check sees its parents as this commit leaves
     them.
     """
-    with engine.begin() as conn:
-        run = get_run(conn, run_id)
-        if run["status"] == "committed":
-            return CommitResult(already_committed=True)
-        if run["status"] not in COMMITTABLE:
-            raise RunNotCommittable(
-                f"run {run_id} is {run['status']}: its change set can never be committed"
-            )
-        if run["portal_id"] != target.portal_id:
-            raise RunNotCommittable(f"run {run_id} belongs to portal {run['portal_id']}")
-        stamp = now()
-        result = CommitResult()
-        skipped_parts = []
-        for entity in model.ENTITIES:
-            actions = _load_actions(conn, run_id, entity.name)
-            result.not_selected += int((~actions["selected"]).sum())
-            selected = actions[actions["selected"]]
-            frame = frames.get(entity.name) if len(selected) else None
-            skipped = _unmet_dependencies(conn, entity.name, selected, frame, target)
-            todo = selected[~selected["id"].isin(skipped["id"])]
-            result.applied[entity.name] = _apply_entity(
-                conn, entity, todo, frame, target, run_id, stamp
-            )
-            skipped_parts.append(skipped)
-        skipped = pd.concat(skipped_parts, ignore_index=True)
-        _record_statuses(conn, run_id, skipped)
-        result.skipped = len(skipped)
-        update_run(
-            conn,
-            run_id,
-            status=status,
-            committed_at=stamp,
-            checkpoint=checkpoint if not run["schools"] else None,
+    with write_transaction(engine) as conn:
+        if not claim_commit(conn, run_id, target.portal_id):
+            if get_run(conn, run_id)["status"] == COMMITTED:
+                return CommitResult(already_committed=True)
+            refusals = commit_refusals(conn, run_id, target.portal_id)
+        else:
+            refusals = []
+            result = _apply_run(conn, run_id, frames, target, checkpoint)
+    if refusals:
+        raise RunNotCommittable(f"sync {run_id}: {refuse_commit(engine, run_id, refusals)}")
+    return result
+
+
+def _apply_run(
+    conn: sa.Connection,
+    run_id: int,
+    frames: Mapping[str, pd.DataFrame],
+    target: CommitTarget,
+    checkpoint: str | None,
+) -> CommitResult:
+    """The LMS changes, action statuses and checkpoint of a claimed run."""
+    run = get_run(conn, run_id)
+    stamp = now()
+    result = CommitResult()
+    skipped_parts = []
+    unticked: dict[str, pd.Series] = {}  # parent entity -> keys whose archive is unticked
+    for entity in model.ENTITIES:
+        actions = _load_actions(conn, run_id, entity.name)
+        result.not_selected += int((~actions["selected"]).sum())
+        unticked[entity.name] = actions.loc[
+            ~actions["selected"] & (actions["action"] == ARCHIVE), "sis_key"
+        ]
+        selected = actions[actions["selected"]]
+        frame = frames.get(entity.name) if len(selected) else None
+        skipped = pd.concat(
+            [
+                _unmet_dependencies(conn, entity.name, selected, frame, target),
+                _kept_by_unticked_parents(selected, unticked),
+            ],
+            ignore_index=True,
         )
+        todo = selected[~selected["id"].isin(skipped["id"])]
+        result.applied[entity.name] = _apply_entity(
+            conn, entity, todo, frame, target, run_id, stamp
+        )
+        skipped_parts.append(skipped)
+    skipped = pd.concat(skipped_parts, ignore_index=True)
+    _record_statuses(conn, run_id, skipped)
+    result.skipped = len(skipped)
+    update_run(
+        conn,
+        run_id,
+        committed_at=stamp,
+        checkpoint=checkpoint if not run["schools"] else None,
+    )
     return result
 
 
@@ -133,14 +167,16 @@ def _load_actions(conn: sa.Connection, run_id: int, entity: str) -> pd.DataFrame
     ph = placeholder(conn)
     frame = read_frame(
         conn,
-        "SELECT id, action, sis_key, lms_id, selected FROM sis_sync_actions "
+        "SELECT id, action, sis_key, lms_id, selected, parent_user_key, parent_section_key "
+        "FROM sis_sync_actions "
         f"WHERE run_id = {ph} AND entity = {ph}",
         (run_id, entity),
     )
     frame["id"] = frame["id"].astype("int64")
     frame["lms_id"] = frame["lms_id"].astype("Int64")
     frame["selected"] = frame["selected"].astype(bool)
-    frame["sis_key"] = frame["sis_key"].astype("string")
+    for column in ("sis_key", "parent_user_key", "parent_section_key"):
+        frame[column] = frame[column].astype("string")
     frame["entity"] = entity
     return frame
 
@@ -168,7 +204,7 @@ def _unmet_dependencies(
     references = DEPENDENCIES.get(entity, ())
     mine = selected[selected["action"].isin([ADD, REACTIVATE, UPDATE])]
     if not references or mine.empty or frame is None:
-        return pd.DataFrame(columns=["id", "entity", "sis_key", "why"])
+        return pd.DataFrame(columns=SKIPPED_COLUMNS)
     columns = [c for c, _ in references]
     rows = mine.merge(frame[["sis_key", *columns]], on="sis_key", how="left")
     missing = pd.Series(False, index=rows.index)
@@ -180,8 +216,33 @@ def _unmet_dependencies(
         reasons = reasons.mask(gone & ~missing, f"its {parent[:-1]} " + rows[column].fillna(""))
         missing |= gone
     skipped = rows.loc[missing, ["id", "entity", "sis_key"]].copy()
-    skipped["why"] = reasons[missing]
+    skipped["kind"] = "dependency_not_selected"
+    skipped["why"] = reasons[missing] + " is not active after this commit (action unticked)"
     return skipped
+
+
+def _kept_by_unticked_parents(
+    selected: pd.DataFrame, unticked: Mapping[str, pd.Series]
+) -> pd.DataFrame:
+    """Selected archives of memberships and enrollments whose every archived parent (the user,
+    the section) was unticked: the cascade follows its cause, so the child stays too."""
+    archives = selected[selected["action"] == ARCHIVE]
+    links = [("parent_user_key", "users"), ("parent_section_key", "sections")]
+    has_parent = archives["parent_user_key"].notna() | archives["parent_section_key"].notna()
+    if not has_parent.any():
+        return pd.DataFrame(columns=SKIPPED_COLUMNS)
+    every_parent_kept = has_parent.copy()
+    reasons = pd.Series("", index=archives.index, dtype="string")
+    for column, parent in links:
+        linked = archives[column].notna()
+        kept = linked & model.key_in(archives[column], unticked.get(parent, pd.Series()))
+        every_parent_kept &= ~linked | kept
+        named = f"the archive of its {parent[:-1]} " + archives[column].fillna("")
+        reasons = reasons.mask(kept, reasons.where(reasons == "", reasons + " and ") + named)
+    rows = archives.loc[every_parent_kept, ["id", "entity", "sis_key"]].copy()
+    rows["kind"] = "parent_archive_unticked"
+    rows["why"] = reasons[every_parent_kept] + " was unticked, so it stays active"
+    return rows
 
 
 def _apply_entity(
@@ -277,15 +338,12 @@ def _record_statuses(conn: sa.Connection, run_id: int, skipped: pd.DataFrame) ->
             "action_id": skipped["id"].astype("int64"),
             "entity": skipped["entity"],
             "sis_key": skipped["sis_key"],
-            "kind": "dependency_not_selected",
-            "message": (
-                skipped["entity"]
-                + " "
-                + skipped["sis_key"]
-                + ": skipped because "
-                + skipped["why"].astype(str)
-                + " is not active after this commit (action unticked)"
-            ),
+            "kind": skipped["kind"],
+            "message": skipped["entity"]
+            + " "
+            + skipped["sis_key"]
+            + ": skipped because "
+            + skipped["why"].astype(str),
         }
     )
     insert_frame(conn, "sis_sync_warnings", warnings)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -68,8 +70,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_begin(connection: sa.Connection) -> None:
     """Begin the transaction ourselves: pysqlite's implicit one starts only at the first write,
-    leaving earlier reads and DDL of a commit outside it."""
-    connection.exec_driver_sql("BEGIN")
+    leaving earlier reads and DDL of a commit outside it. A write transaction
+    (:func:`write_transaction`) takes the write lock at once."""
+    immediate = connection.get_execution_options().get(WRITE_OPTION)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+WRITE_OPTION = "sis_sync_write_transaction"
+
+
+@contextmanager
+def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A transaction that writes from its first statement: on SQLite it holds the write lock
+    from BEGIN (waiting for it up to the busy timeout), so what it reads first is what it
+    changes; PostgreSQL locks rows as the statements reach them."""
+    with engine.connect() as conn:
+        conn = conn.execution_options(**{WRITE_OPTION: True})
+        with conn.begin():
+            yield conn
 
 
 @cache

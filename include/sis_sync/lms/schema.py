@@ -60,6 +60,9 @@ runs = sa.Table(
     sa.Column("portal_id", sa.String(64), nullable=False, index=True),
     sa.Column("dag_id", sa.String(250), nullable=False),
     sa.Column("airflow_run_id", sa.String(250), nullable=False),
+    # A whole DAG run cleared and run again is a new sync: attempt 2, 3, ... of that run.
+    sa.Column("attempt", sa.Integer, nullable=False, default=1),
+    sa.Column("stage", sa.String(32), nullable=True),  # the stage it is in, or last reached
     sa.Column("mode", sa.String(16), nullable=False),  # asked: full | quick
     sa.Column("ran_as", sa.String(16), nullable=True),  # what it really was: full | quick
     sa.Column("trigger", sa.String(16), nullable=False),  # scheduled | manual | backfill
@@ -74,13 +77,26 @@ runs = sa.Table(
     sa.Column("counts", sa.Text, nullable=True),  # JSON {entity: {action: n}}
     sa.Column("guard_decisions", sa.Text, nullable=True),  # JSON list of guard results
     sa.Column("decision", sa.String(32), nullable=True),  # auto_commit | approval
-    sa.Column("approved_by", sa.String(250), nullable=True),
+    sa.Column("decided_by", sa.String(250), nullable=True),  # who approved or rejected
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("timings", sa.Text, nullable=True),  # JSON {task: seconds}
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("committed_at", sa.DateTime(timezone=True), nullable=True),
-    sa.UniqueConstraint("dag_id", "airflow_run_id"),
+    sa.UniqueConstraint("dag_id", "airflow_run_id", "attempt"),
+)
+
+# What happened to a run and who did it: decisions, refused commits, lock take-overs.
+run_events = sa.Table(
+    "sis_sync_run_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer, nullable=False, index=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("actor", sa.String(250), nullable=True),
+    sa.Column("detail", sa.Text, nullable=False),
 )
 
 # One row per portal while a sync of it is in flight: the per-portal lock.
@@ -106,9 +122,14 @@ actions = sa.Table(
     sa.Column("kind", sa.String(32), nullable=True),  # users: primary role
     sa.Column("reason", sa.String(64), nullable=True),
     sa.Column("changes", sa.Text, nullable=True),  # JSON {field: [before, after]}
+    # A membership's or enrollment's archive: the archived user and section that explain it
+    # (unticking every one of them keeps the child).
+    sa.Column("parent_user_key", sa.String(255), nullable=True),
+    sa.Column("parent_section_key", sa.String(255), nullable=True),
     sa.Column("selected", sa.Boolean, nullable=False, default=True),
     sa.Column("status", sa.String(16), nullable=False),  # staged | applied | skipped
     sa.Index("ix_sis_sync_actions_run", "run_id", "entity", "action"),
+    sa.Index("ix_sis_sync_actions_key", "run_id", "entity", "sis_key"),
 )
 
 warnings = sa.Table(
