@@ -1,0 +1,54 @@
+"""SIS sync's Airflow plugin: each sync's outcome as its DAG run's note.
+
+A rejected or expired sync ends as a successful DAG run, green in the runs list like a
+committed one. When a portal's DAG run ends, this listener (run by the scheduler, and by
+``dag.test``) writes the sync's outcome as the run's note: committed with its counts and who
+approved, rejected by whom, expired, refused or failed and why. A note an admin wrote
+(not starting with "SIS sync") is left as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from airflow.listeners import hookimpl
+from airflow.plugins_manager import AirflowPlugin
+
+log = logging.getLogger(__name__)
+DAG_PREFIX = "sis_sync__"
+
+
+def _write_note(dag_run: Any) -> None:
+    """Never raises: a listener's error must not disturb the scheduler."""
+    if not str(dag_run.dag_id).startswith(DAG_PREFIX):
+        return
+    try:
+        from include.sis_sync.cli import lms_url_from_env
+        from include.sis_sync.lms.db import engine_for
+        from include.sis_sync.report import NOTE_PREFIX, outcome_note
+
+        current = dag_run.note
+        if current and not str(current).startswith(NOTE_PREFIX):
+            return
+        note = outcome_note(engine_for(lms_url_from_env()), dag_run.dag_id, dag_run.run_id)
+        if note:
+            dag_run.note = note
+    except Exception:
+        log.exception("could not write the sync outcome of %s as its note", dag_run.run_id)
+
+
+@hookimpl
+def on_dag_run_success(dag_run: Any, msg: str) -> None:
+    _write_note(dag_run)
+
+
+@hookimpl
+def on_dag_run_failed(dag_run: Any, msg: str) -> None:
+    _write_note(dag_run)
+
+
+class SisSyncPlugin(AirflowPlugin):
+    name = "sis_sync"
+    listeners = [sys.modules[__name__]]
