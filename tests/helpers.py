@@ -320,3 +320,55 @@ def set_status(lms_url: str, run_id: int, status: str, **values: Any) -> None:
         conn.execute(
             sa.update(schema.runs).where(schema.runs.c.id == run_id).values(status=status, **values)
         )
+
+
+def run_rows(url: str) -> list[dict[str, Any]]:
+    """Every row of ``sis_sync_runs``, oldest first."""
+    import sqlalchemy as sa
+
+    from include.sis_sync.lms.db import engine_for
+
+    with engine_for(url).connect() as conn:
+        rows = conn.execute(sa.text("SELECT * FROM sis_sync_runs ORDER BY id")).mappings()
+        return [dict(r) for r in rows]
+
+
+def lms_rows(url: str) -> dict[str, list[tuple]]:
+    """Every LMS row (id, key, archived, updated) per table, to compare before and after."""
+    import sqlalchemy as sa
+
+    from include.sis_sync.lms.db import engine_for
+
+    out = {}
+    with engine_for(url).connect() as conn:
+        for table in ("lms_users", "lms_sections", "lms_enrollments", "lms_user_organizations"):
+            out[table] = list(
+                conn.execute(
+                    sa.text(f"SELECT id, sis_key, archived_at, updated_at FROM {table} ORDER BY id")
+                )
+            )
+    return out
+
+
+def write_mass_archive_drops(drops: Path) -> None:
+    """Two daily drops of the demo district; half the students are gone from the second."""
+    from include.sis_sync.sample.generator import generate_district, write_drop
+
+    day1 = generate_district("demo")
+    write_drop(day1, drops / "2026-09-01")
+    users = day1.users
+    students = users[users["role"] == "student"]["sourcedId"]
+    leaving = set(students.iloc[: len(students) // 2])
+    day1.users = users[~users["sourcedId"].isin(leaving)]
+    day1.enrollments = day1.enrollments[~day1.enrollments["userSourcedId"].isin(leaving)]
+    write_drop(day1, drops / "2026-09-02")
+
+
+def dag_run_note(run: Any) -> str:
+    """The note of a DAG run as Airflow's metadata database holds it."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        stored = session.get(DagRun, run.id)
+        return str(stored.note or "")

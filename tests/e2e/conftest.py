@@ -114,11 +114,14 @@ def make_portal(
 
 @dataclass
 class Responder:
-    """Answers the approval step of a DAG from a thread, as an admin would in the UI."""
+    """Answers the approval step of a DAG from a thread, as an admin would in the UI: with an
+    option ("Approve", "Reject"), or by marking the waiting task with a state ("success"),
+    which any user with edit rights on the DAG can do."""
 
     client: Any
     dag_id: str
     option: str
+    mark: str | None = None
     seen_bodies: list[str] = field(default_factory=list)
     answered: threading.Event = field(default_factory=threading.Event)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -139,11 +142,14 @@ class Responder:
                 detail = pending[0]
                 self.seen_bodies.append(detail.get("body") or "")
                 run_id = detail["task_instance"]["dag_run_id"]
-                answer = self.client.patch(
-                    f"/api/v2/dags/{self.dag_id}/dagRuns/{run_id}/taskInstances/"
-                    "await_approval/-1/hitlDetails",
-                    json={"chosen_options": [self.option], "params_input": {}},
-                )
+                task = f"/api/v2/dags/{self.dag_id}/dagRuns/{run_id}/taskInstances/await_approval"
+                if self.mark:
+                    answer = self.client.patch(task, json={"new_state": self.mark})
+                else:
+                    answer = self.client.patch(
+                        f"{task}/-1/hitlDetails",
+                        json={"chosen_options": [self.option], "params_input": {}},
+                    )
                 assert answer.status_code == 200, answer.text
                 self.answered.set()
                 return
@@ -165,11 +171,12 @@ def api_client(airflow_db: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[An
 
 @pytest.fixture
 def respond(api_client: Any) -> Iterator[Any]:
-    """``respond(dag_id, "Approve"|"Reject")`` starts a responder thread for the next run."""
+    """``respond(dag_id, "Approve"|"Reject")`` starts a responder thread for the next run;
+    ``respond(dag_id, mark="success")`` marks the waiting approval task instead."""
     responders: list[Responder] = []
 
-    def start(dag_id: str, option: str) -> Responder:
-        responder = Responder(api_client, dag_id, option)
+    def start(dag_id: str, option: str = "", mark: str | None = None) -> Responder:
+        responder = Responder(api_client, dag_id, option, mark)
         threading.Thread(target=responder.loop, daemon=True).start()
         responders.append(responder)
         return responder

@@ -21,14 +21,9 @@ from include.sis_sync.sample.generator import (
     write_delta_drop,
     write_drop,
 )
+from tests.helpers import dag_run_note, lms_rows, run_rows, write_mass_archive_drops
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-
-
-def _runs(url: str) -> list[dict]:
-    with engine_for(url).connect() as conn:
-        rows = conn.execute(sa.text("SELECT * FROM sis_sync_runs ORDER BY id")).mappings()
-        return [dict(r) for r in rows]
 
 
 def _archived(url: str, run_id: int, entity: str) -> set[str]:
@@ -44,19 +39,6 @@ def _archived(url: str, run_id: int, entity: str) -> set[str]:
         )
 
 
-def _lms(url: str) -> dict[str, list[tuple]]:
-    """Every LMS row (id, key, archived) per table, to compare before and after."""
-    out = {}
-    with engine_for(url).connect() as conn:
-        for table in ("lms_users", "lms_sections", "lms_enrollments", "lms_user_organizations"):
-            out[table] = list(
-                conn.execute(
-                    sa.text(f"SELECT id, sis_key, archived_at, updated_at FROM {table} ORDER BY id")
-                )
-            )
-    return out
-
-
 @pytest.mark.parametrize("lms", ["sqlite", "postgres"])
 def test_bulk_then_delta_drop_with_auto_commit(make_portal, lms: str) -> None:
     portal = make_portal(f"bulkdelta_{lms}", lms=lms, auto_commit=True)
@@ -70,7 +52,7 @@ def test_bulk_then_delta_drop_with_auto_commit(make_portal, lms: str) -> None:
     second = portal.run(drop_date="2026-09-02")
     assert second.state == DagRunState.SUCCESS
 
-    runs = _runs(portal.lms_url)
+    runs = run_rows(portal.lms_url)
     assert [r["status"] for r in runs] == ["committed", "committed"]
     assert [r["ran_as"] for r in runs] == ["full", "quick"]
     delta_users = pd.read_csv(portal.drops / "2026-09-02" / "users.csv", dtype=str)
@@ -95,7 +77,7 @@ def test_approval_approved_commits(make_portal, respond, monkeypatch) -> None:
     assert responder.answered.is_set()
     assert run.state == DagRunState.SUCCESS
     assert run.get_task_instance("commit").state == "success"
-    (row,) = _runs(portal.lms_url)
+    (row,) = run_rows(portal.lms_url)
     assert row["status"] == "committed"
     assert row["decided_by"] == "Anonymous"
     assert row["decision"] == "approval"
@@ -107,14 +89,17 @@ def test_approval_approved_commits(make_portal, respond, monkeypatch) -> None:
 def test_approval_rejected_changes_nothing(make_portal, respond) -> None:
     portal = make_portal("rejected", auto_commit=False)
     write_drop(generate_district("demo"), portal.drops / "2026-09-01")
-    before = _lms(portal.lms_url)
+    before = lms_rows(portal.lms_url)
     responder = respond(portal.dag_id, "Reject")
     run = portal.run()
     assert responder.answered.is_set()
     assert run.get_task_instance("commit").state == "skipped"
-    (row,) = _runs(portal.lms_url)
+    (row,) = run_rows(portal.lms_url)
     assert row["status"] == "rejected"
-    assert _lms(portal.lms_url) == before
+    assert row["decided_by"] == "Anonymous" and row["decided_at"] is not None  # who, when
+    assert lms_rows(portal.lms_url) == before
+    # the runs list shows the outcome: the green DAG run's note says it was rejected
+    assert dag_run_note(run).startswith(f"SIS sync {row['id']}: REJECTED · Rejected by Anonymous")
     with engine_for(portal.lms_url).connect() as conn:
         applied = conn.execute(
             sa.text("SELECT count(*) FROM sis_sync_actions WHERE status = 'applied'")
@@ -124,22 +109,11 @@ def test_approval_rejected_changes_nothing(make_portal, respond) -> None:
     assert locks == 0  # the lock is released for the next sync
 
 
-def _mass_archive_drops(portal) -> None:
-    day1 = generate_district("demo")
-    write_drop(day1, portal.drops / "2026-09-01")
-    users = day1.users
-    students = users[users["role"] == "student"]["sourcedId"]
-    leaving = set(students.iloc[: len(students) // 2])  # half the students vanish
-    day1.users = users[~users["sourcedId"].isin(leaving)]
-    day1.enrollments = day1.enrollments[~day1.enrollments["userSourcedId"].isin(leaving)]
-    write_drop(day1, portal.drops / "2026-09-02")
-
-
 def test_mass_archive_waits_for_approval_even_with_auto_commit(make_portal, respond) -> None:
     portal = make_portal("massarchive", auto_commit=True)
-    _mass_archive_drops(portal)
+    write_mass_archive_drops(portal.drops)
     assert portal.run(drop_date="2026-09-01").state == DagRunState.SUCCESS
-    before = _lms(portal.lms_url)
+    before = lms_rows(portal.lms_url)
     responder = respond(portal.dag_id, "Reject")
     run = portal.run(drop_date="2026-09-02")
     assert responder.answered.is_set(), "the run never asked for approval"
@@ -147,8 +121,8 @@ def test_mass_archive_waits_for_approval_even_with_auto_commit(make_portal, resp
     assert "Guards tripped" in body
     assert "archives of users:student (portal-wide): 150 of 300 active (50.0 %)" in body
     assert run.get_task_instance("commit").state == "skipped"
-    assert _lms(portal.lms_url) == before
-    runs = _runs(portal.lms_url)
+    assert lms_rows(portal.lms_url) == before
+    runs = run_rows(portal.lms_url)
     assert runs[-1]["status"] == "rejected"
     trips = json.loads(runs[-1]["guard_decisions"])
     assert {t["kind"] for t in trips} >= {"users:student", "enrollments"}
@@ -156,12 +130,12 @@ def test_mass_archive_waits_for_approval_even_with_auto_commit(make_portal, resp
 
 def test_mass_archive_goes_through_with_allow_mass_archive(make_portal) -> None:
     portal = make_portal("massallowed", auto_commit=True)
-    _mass_archive_drops(portal)
+    write_mass_archive_drops(portal.drops)
     assert portal.run(drop_date="2026-09-01").state == DagRunState.SUCCESS
     run = portal.run(drop_date="2026-09-02", allow_mass_archive=True)
     assert run.state == DagRunState.SUCCESS
     assert run.get_task_instance("await_approval").state == "skipped"
-    last = _runs(portal.lms_url)[-1]
+    last = run_rows(portal.lms_url)[-1]
     assert last["status"] == "committed"
     assert last["decision"] == "auto_commit_guards_overridden"
     assert last["allow_mass_archive"]
@@ -174,19 +148,19 @@ def test_replayed_old_drop_is_refused(make_portal) -> None:
     write_drop(day1, portal.drops / "2026-09-01")
     write_drop(next_day(day1, seed=3), portal.drops / "2026-09-02")
     assert portal.run(drop_date="2026-09-02").state == DagRunState.SUCCESS
-    before = _lms(portal.lms_url)
+    before = lms_rows(portal.lms_url)
 
     refused = portal.run(drop_date="2026-09-01")
     assert refused.state == DagRunState.FAILED
     assert refused.get_task_instance("extract").state == "failed"
-    last = _runs(portal.lms_url)[-1]
+    last = run_rows(portal.lms_url)[-1]
     assert last["status"] == "refused"
     assert "older than the newest drop already committed (2026-09-02)" in last["error"]
-    assert _lms(portal.lms_url) == before
+    assert lms_rows(portal.lms_url) == before
 
     replayed = portal.run(drop_date="2026-09-01", replay=True)
     assert replayed.state == DagRunState.SUCCESS
-    assert _runs(portal.lms_url)[-1]["status"] == "committed"
+    assert run_rows(portal.lms_url)[-1]["status"] == "committed"
 
 
 def test_bad_drop_fails_clearly_and_stages_nothing(make_portal) -> None:
@@ -196,7 +170,7 @@ def test_bad_drop_fails_clearly_and_stages_nothing(make_portal) -> None:
     (folder / "users.csv").write_text(users)
     run = portal.run()
     assert run.state == DagRunState.FAILED
-    (row,) = _runs(portal.lms_url)
+    (row,) = run_rows(portal.lms_url)
     assert row["status"] == "failed"
     assert "users.csv" in row["error"] and "'role'" in row["error"]
     with engine_for(portal.lms_url).connect() as conn:
