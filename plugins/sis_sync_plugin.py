@@ -18,6 +18,7 @@ from airflow.plugins_manager import AirflowPlugin
 
 log = logging.getLogger(__name__)
 DAG_PREFIX = "sis_sync__"
+NOTE_LIMIT = 1000  # Airflow's dag_run_note.content
 
 
 def _write_note(dag_run: Any) -> None:
@@ -27,16 +28,39 @@ def _write_note(dag_run: Any) -> None:
     try:
         from include.sis_sync.cli import lms_url_from_env
         from include.sis_sync.lms.db import engine_for
-        from include.sis_sync.report import NOTE_PREFIX, outcome_note
+        from include.sis_sync.report import outcome_note
 
-        current = dag_run.note
-        if current and not str(current).startswith(NOTE_PREFIX):
-            return
         note = outcome_note(engine_for(lms_url_from_env()), dag_run.dag_id, dag_run.run_id)
         if note:
-            dag_run.note = note
+            _save_note(dag_run, note)
     except Exception:
         log.exception("could not write the sync outcome of %s as its note", dag_run.run_id)
+
+
+def _save_note(dag_run: Any, note: str) -> None:
+    """In the scheduler the run belongs to its session: the note joins that transaction.
+    ``dag.test`` hands over a detached run: the note gets a session of its own."""
+    from airflow.models.dagrun import DagRunNote
+    from airflow.utils.session import create_session
+    from sqlalchemy.orm import object_session
+
+    from include.sis_sync.report import NOTE_PREFIX
+
+    def save(session: Any) -> None:
+        current = session.get(DagRunNote, dag_run.id)
+        if current is None:
+            current = DagRunNote(content=None)
+            current.dag_run_id = dag_run.id
+            session.add(current)
+        if not current.content or current.content.startswith(NOTE_PREFIX):
+            current.content = note[:NOTE_LIMIT]  # an admin's own note is left as it is
+
+    session = object_session(dag_run)
+    if session is not None:
+        save(session)
+        return
+    with create_session() as own:
+        save(own)
 
 
 @hookimpl

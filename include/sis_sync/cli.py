@@ -6,6 +6,8 @@
   Airflow without the Astro CLI.
 - ``demo-drops [--out DIR]``: write the demo district's three dated drops.
 - ``report (RUN_ID | --last PORTAL) [--url URL]``: print a run's report from staging.
+- ``unlock PORTAL [--by NAME] [--url URL]``: show who holds a portal's lock; with ``--by``,
+  release it by hand (the sync holding it ends failed and can never be committed).
 """
 
 from __future__ import annotations
@@ -166,6 +168,29 @@ def report(run_id: int | None, last: str | None, url: str | None) -> int:
     return 0
 
 
+def unlock(portal_id: str, by: str | None, url: str | None) -> int:
+    """Show, or with ``by`` release, a portal's lock (an operator's last resort)."""
+    from include.sis_sync.lms.db import engine_for
+    from include.sis_sync.runs import force_unlock, lock_holder
+
+    engine = engine_for(url or lms_url_from_env())
+    holder = lock_holder(engine, portal_id)
+    if holder is None:
+        print(f"portal {portal_id} is not locked")
+        return 0
+    print(
+        f"portal {portal_id} is locked by sync {holder['run_id']} since {holder['acquired_at']}:"
+        f" {holder['status']} at stage {holder['stage']}, Airflow run {holder['dag_id']} "
+        f"{holder['airflow_run_id']}"
+    )
+    if not by:
+        print("pass --by <your name> to release it (that sync then ends failed)")
+        return 0
+    force_unlock(engine, portal_id, by)
+    print(f"released by {by}: sync {holder['run_id']} can never be committed now")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sis-sync", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("run_id", type=int, nargs="?")
     which.add_argument("--last", metavar="PORTAL", help="the portal's latest run")
     report_cmd.add_argument("--url")
+    unlock_cmd = commands.add_parser("unlock", help="show or release a portal's lock")
+    unlock_cmd.add_argument("portal_id")
+    unlock_cmd.add_argument("--by", help="your name: release the lock, recorded as yours")
+    unlock_cmd.add_argument("--url")
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.files)
@@ -193,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         return load_settings(Path(args.file))
     if args.command == "demo-drops":
         return demo_drops(Path(args.out))
+    if args.command == "unlock":
+        return unlock(args.portal_id, args.by, args.url)
     return report(args.run_id, args.last, args.url)
 
 

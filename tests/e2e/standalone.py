@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 import psutil
@@ -371,6 +372,142 @@ class Standalone:
             return None
 
         return wait_until("the backfill to be created", attempt, timeout=timeout, interval=3)
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        """Trigger a manual run (as the UI's trigger form does); returns its run id."""
+        response = self.request_retrying(
+            "POST",
+            f"/api/v2/dags/{dag_id}/dagRuns",
+            json={"logical_date": None, "conf": conf or {}},
+        )
+        if response.status_code != 200:
+            raise StandaloneError(f"trigger {dag_id}: {response.status_code} {response.text}")
+        return str(response.json()["dag_run_id"])
+
+    def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        response = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")
+        response.raise_for_status()
+        return response.json()
+
+    def wait_for_run(
+        self,
+        dag_id: str,
+        run_id: str,
+        states: tuple[str, ...] = ("success", "failed"),
+        timeout: float = 300,
+    ) -> dict[str, Any]:
+        """Until the DAG run is in one of ``states``; returns it."""
+
+        def settled() -> dict[str, Any] | None:
+            self._check_alive()
+            self._remember_descendants()
+            run = self.dag_run(dag_id, run_id)
+            return run if run["state"] in states else None
+
+        what = f"run {run_id} of {dag_id} to be {' or '.join(states)}"
+        run = self._wait_on_run(what, dag_id, run_id, settled, timeout)
+        self.note(f"{dag_id} {run_id}: {run['state']}")
+        return run
+
+    def _wait_on_run(
+        self, what: str, dag_id: str, run_id: str, probe: Callable[[], T | None], timeout: float
+    ) -> T:
+        """``wait_until`` about one DAG run: on time-out, its failed tasks' logs say why."""
+        return wait_until(
+            what,
+            probe,
+            timeout=timeout,
+            interval=2,
+            on_timeout=lambda: self.failed_task_logs(dag_id, run_id) + "\n" + self.log_tail(40),
+        )
+
+    def task_state(self, dag_id: str, run_id: str, task_id: str) -> str | None:
+        for ti in self.task_instances(dag_id, run_id):
+            if ti["task_id"] == task_id:
+                return ti.get("state")
+        return None
+
+    def wait_for_task(
+        self, dag_id: str, run_id: str, task_id: str, states: tuple[str, ...], timeout: float = 300
+    ) -> str:
+        def reached() -> str | None:
+            self._check_alive()
+            state = self.task_state(dag_id, run_id, task_id)
+            return state if state in states else None
+
+        what = f"{task_id} of {run_id} to be {' or '.join(states)}"
+        return self._wait_on_run(what, dag_id, run_id, reached, timeout)
+
+    def pending_approval(
+        self, dag_id: str, run_id: str, timeout: float = 300, settle: float = 5
+    ) -> dict[str, Any]:
+        """Until the run's approval step waits for an answer; returns its request. Requests
+        of earlier tries that nobody answered (their run was marked failed, then cleared)
+        stay listed as pending: only the try now awaiting input counts.
+
+        Then ``settle`` seconds pass before the caller answers: Airflow 3.3 marks the task
+        failed when an answer re-queues it before the scheduler has read the executor's
+        report of the pause (seen with answers within a second; a person takes longer)."""
+
+        def pending() -> dict[str, Any] | None:
+            self._check_alive()
+            response = self.get(
+                f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/hitlDetails",
+                params={"response_received": False},
+            )
+            if response.status_code != 200:
+                return None
+            details = [
+                d
+                for d in response.json().get("hitl_details", [])
+                if d["task_instance"]["state"] == "awaiting_input"
+            ]
+            return details[0] if details else None
+
+        request = self._wait_on_run(
+            f"the approval request of {run_id}", dag_id, run_id, pending, timeout
+        )
+        time.sleep(settle)
+        return request
+
+    def answer(self, dag_id: str, run_id: str, option: str) -> dict[str, Any]:
+        """Answer the run's waiting approval step with Approve or Reject."""
+        response = self.request_retrying(
+            "PATCH",
+            f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
+            "await_approval/-1/hitlDetails",
+            json={"chosen_options": [option], "params_input": {}},
+        )
+        if response.status_code != 200:
+            raise StandaloneError(f"answer {option}: {response.status_code} {response.text}")
+        return response.json()
+
+    def clear(self, dag_id: str, run_id: str, task_ids: list[str]) -> None:
+        """Clear tasks and their downstream, as a task's Clear button in the UI does."""
+        response = self.request_retrying(
+            "POST",
+            f"/api/v2/dags/{dag_id}/clearTaskInstances",
+            json={
+                "dry_run": False,
+                "dag_run_id": run_id,
+                "task_ids": task_ids,
+                "only_failed": False,
+                "include_downstream": True,
+                "reset_dag_runs": True,
+            },
+        )
+        if response.status_code != 200:
+            raise StandaloneError(f"clear {task_ids}: {response.status_code} {response.text}")
+
+    def set_run_state(self, dag_id: str, run_id: str, state: str) -> None:
+        """Mark a whole DAG run (as the UI's "Mark run as" does)."""
+        response = self.request_retrying(
+            "PATCH",
+            f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}",
+            json={"state": state},
+        )
+        if response.status_code != 200:
+            raise StandaloneError(f"mark {run_id} {state}: {response.status_code} {response.text}")
 
     def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
         response = self.get(

@@ -210,3 +210,21 @@ def test_checkpoint_and_newest_drop_come_from_committed_runs_only(lms_url: str) 
     assert seen["checkpoint"] == "2026-09-01"
     assert seen["newest_drop"] == date(2026, 9, 2)
     assert last_committed(engine, "other")["newest_drop"] is None
+
+
+def test_unlock_command_shows_then_releases_a_lock(
+    lms_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from include.sis_sync.cli import main
+
+    engine = engine_for(lms_url)
+    held = _open(lms_url, "held")
+    acquire_lock(engine, "p1", held)
+    assert main(["unlock", "p1", "--url", lms_url]) == 0
+    assert f"portal p1 is locked by sync {held}" in capsys.readouterr().out
+    assert runs.lock_holder(engine, "p1") is not None  # only shown
+    assert main(["unlock", "p1", "--by", "ops", "--url", lms_url]) == 0
+    assert f"released by ops: sync {held} can never be committed now" in capsys.readouterr().out
+    assert runs.lock_holder(engine, "p1") is None
+    assert main(["unlock", "p1", "--url", lms_url]) == 0
+    assert "portal p1 is not locked" in capsys.readouterr().out
