@@ -411,7 +411,7 @@ def run_sync(bench: Bench, sync: str, ctx_for: Callable[[str, str], Any]) -> dic
     if route != "commit":
         raise RuntimeError(f"the gate said {route!r}; the benchmark expects an auto-commit")
     bench.stage(sync, "commit", lambda: pipeline.commit(ctx, run_id))
-    report = bench.stage(sync, "finish", lambda: pipeline.finish(ctx, run_id, "committed"))
+    report = bench.stage(sync, "finish", lambda: pipeline.finish(ctx, run_id))
     entry = bench.result["syncs"][sync]
     stages = entry["stages"]
     entry["run_id"] = run_id

@@ -293,7 +293,7 @@ def run_whole_sync(ctx: Any) -> dict[str, Any]:
         assert pipeline.gate(ctx, run_id, checks["tripped"]) == "commit"
         pipeline.commit(ctx, run_id)
     finally:
-        report = pipeline.finish(ctx, run_id, "failed")
+        report = pipeline.finish(ctx, run_id)
     report["extract"] = extracted
     return report
 

@@ -447,12 +447,12 @@ def commit(ctx: RunContext, run_id: int) -> dict[str, Any]:
     return summary
 
 
-def finish(ctx: RunContext, run_id: int, outcome: str = FAILED) -> dict[str, Any]:
+def finish(ctx: RunContext, run_id: int) -> dict[str, Any]:
     """End the run, release the lock, purge expired run data, and report.
 
     A run that ended (committed, rejected, expired, refused, failed) keeps its status; a run
-    still in flight when its DAG run ends did not get through: ``outcome`` (``failed``), with
-    the reason when no stage recorded one.
+    still in flight when its DAG run ends did not get through: ``failed``, with the reason
+    when no stage recorded one.
     """
     from include.sis_sync.report import build_report
 
@@ -461,7 +461,7 @@ def finish(ctx: RunContext, run_id: int, outcome: str = FAILED) -> dict[str, Any
         values: dict[str, Any] = {"finished_at": now()}
         if not run.get("error"):
             values["error"] = _unfinished(run["status"])
-        move(ctx.engine, run_id, outcome, allowed_from=IN_FLIGHT, **values)
+        move(ctx.engine, run_id, FAILED, allowed_from=IN_FLIGHT, **values)
     elif run.get("finished_at") is None:
         update_run(ctx.engine, run_id, finished_at=now())
     release_lock(ctx.engine, ctx.portal.id, run_id)

@@ -305,8 +305,8 @@ def _not_approved(run: dict[str, Any]) -> str:
     status, by, at = run["status"], run["decided_by"], run["decided_at"]
     if status == AWAITING_APPROVAL:
         return (
-            "no Approve is recorded for it: its approval step ended without an answer "
-            "(a task state changed in Airflow is not an approval)"
+            "no Approve is recorded for it: its approval step ended without an answer (a task "
+            "state changed in Airflow is not an approval; Airflow's audit log names who did it)"
         )
     if status == REJECTED:
         return f"it was rejected by {by} at {at}"
