@@ -128,8 +128,8 @@ actions = sa.Table(
     sa.Column("parent_section_key", sa.String(255), nullable=True),
     sa.Column("selected", sa.Boolean, nullable=False, default=True),
     sa.Column("status", sa.String(16), nullable=False),  # staged | applied | skipped
-    sa.Index("ix_sis_sync_actions_run", "run_id", "entity", "action"),
-    sa.Index("ix_sis_sync_actions_key", "run_id", "entity", "sis_key"),
+    # one index serves counts per action, lists paged by key, and a warning's action
+    sa.Index("ix_sis_sync_actions_run", "run_id", "entity", "action", "sis_key"),
 )
 
 warnings = sa.Table(

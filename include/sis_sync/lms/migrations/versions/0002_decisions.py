@@ -7,7 +7,8 @@
 - ``sis_sync_run_events``: every decision, refusal and lock take-over, with who and when.
 - ``sis_sync_actions.parent_user_key``/``parent_section_key``: the archived user and section
   that explain a membership's or an enrollment's archive, so unticking the parents keeps the
-  child; and an index to find a run's action by entity and key (warnings name their action).
+  child; the action index also holds ``sis_key``, so a warning finds its action, and an
+  action list pages by key, without a second index on the run's millions of actions.
 
 Revision ID: 0002
 Revises: 0001
@@ -48,11 +49,15 @@ def upgrade() -> None:
     with op.batch_alter_table("sis_sync_actions") as batch:
         batch.add_column(sa.Column("parent_user_key", sa.String(255), nullable=True))
         batch.add_column(sa.Column("parent_section_key", sa.String(255), nullable=True))
-    op.create_index("ix_sis_sync_actions_key", "sis_sync_actions", ["run_id", "entity", "sis_key"])
+    op.drop_index("ix_sis_sync_actions_run", "sis_sync_actions")
+    op.create_index(
+        "ix_sis_sync_actions_run", "sis_sync_actions", ["run_id", "entity", "action", "sis_key"]
+    )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_sis_sync_actions_key", "sis_sync_actions")
+    op.drop_index("ix_sis_sync_actions_run", "sis_sync_actions")
+    op.create_index("ix_sis_sync_actions_run", "sis_sync_actions", ["run_id", "entity", "action"])
     with op.batch_alter_table("sis_sync_actions") as batch:
         batch.drop_column("parent_section_key")
         batch.drop_column("parent_user_key")
