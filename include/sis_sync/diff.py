@@ -288,9 +288,12 @@ def _link_parents(actions: pd.DataFrame, diff_in: DiffInput) -> pd.DataFrame:
         if current is None or current.empty or not rows.any():
             continue
         columns = [column for column, _ in links]
-        lms = actions.loc[rows, ["sis_key"]].merge(
-            current[["sis_key", *columns]].drop_duplicates("sis_key"), on="sis_key", how="left"
-        )
+        children = actions.loc[rows, ["sis_key"]]
+        # a few thousand archives against millions of LMS rows: pick those rows first
+        mine = current.loc[
+            model.key_in(current["sis_key"], children["sis_key"]), ["sis_key", *columns]
+        ]
+        lms = children.merge(mine, on="sis_key", how="left")
         for column, parent in links:
             parent_key = lms[column].where(model.key_in(lms[column], archived[parent]))
             target = f"parent_{parent[:-1]}_key"
