@@ -25,6 +25,7 @@ ACTION_COLUMNS = [
     "kind",
     "reason",
     "changes",
+    "label",
     "parent_user_key",
     "parent_section_key",
 ]
@@ -70,6 +71,29 @@ class ChangeSet:
         return {
             e.name: {a: int(table.get((e.name, a), 0)) for a in ACTIONS} for e in model.ENTITIES
         }
+
+
+def count_label(entity: str, kind: str | None) -> str:
+    """How reports count actions: users per primary role, other entities as they are."""
+    return f"users ({kind})" if entity == "users" and kind else entity
+
+
+def label_counts(actions: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """``{label: {action: n}}`` (see :func:`count_label`) of an actions frame, in one pass."""
+    if actions.empty:
+        return {}
+    kind = actions["kind"].where(actions["entity"] == "users")
+    table = (
+        pd.DataFrame({"entity": actions["entity"], "kind": kind, "action": actions["action"]})
+        .value_counts(dropna=False)
+        .items()
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for (entity, kind_, action), n in table:
+        label = count_label(entity, None if pd.isna(kind_) else kind_)
+        per_action = counts.setdefault(label, dict.fromkeys(ACTIONS, 0))
+        per_action[action] += int(n)
+    return counts
 
 
 def _differs(before: pd.Series, after: pd.Series) -> pd.Series:
@@ -121,6 +145,19 @@ def kind_of(frame: pd.DataFrame, entity: model.Entity) -> pd.Series:
     return pd.Series(pd.NA, index=frame.index, dtype="string")
 
 
+def label_of(frame: pd.DataFrame, entity: model.Entity) -> pd.Series:
+    """What an admin searches and reads an action by: a person's or a record's name.
+    Memberships and enrollments have none of their own (their list shows their keys)."""
+    if entity is model.USERS:
+        given = frame["given_name"].astype("string").fillna("")
+        family = frame["family_name"].astype("string").fillna("")
+        return (given + " " + family).str.strip().replace("", pd.NA)
+    for name in ("name", "title"):
+        if name in entity.fields:
+            return frame[name].astype("string")
+    return pd.Series(pd.NA, index=frame.index, dtype="string")
+
+
 def _frame(entity: model.Entity, action: str, rows: pd.DataFrame, reason: str) -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -132,6 +169,7 @@ def _frame(entity: model.Entity, action: str, rows: pd.DataFrame, reason: str) -
             "kind": kind_of(rows, entity).astype("string"),
             "reason": reason,
             "changes": rows.get("changes", pd.NA),
+            "label": label_of(rows, entity),
             "parent_user_key": pd.Series(pd.NA, index=rows.index, dtype="string"),
             "parent_section_key": pd.Series(pd.NA, index=rows.index, dtype="string"),
         },

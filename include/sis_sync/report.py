@@ -12,9 +12,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from include.sis_sync import model
-from include.sis_sync.diff import ACTIONS
+from include.sis_sync.diff import ACTIONS, count_label
 from include.sis_sync.lms import schema
-from include.sis_sync.runs import get_run, read_events
+from include.sis_sync.runs import get_run, read_events, run_of_airflow_run
 from include.sis_sync.staging import read_warnings
 
 MAX_WARNINGS_SHOWN = 20
@@ -26,7 +26,22 @@ REFUSAL_EVENTS = ("commit_refused", "stage_refused", "answer_ignored", "approval
 def action_counts(
     engine: sa.Engine, run_id: int, status: str | None = None
 ) -> dict[str, dict[str, int]]:
-    """Counts per entity (users per primary role) and action, optionally of one status."""
+    """Counts per entity (users per primary role) and action, optionally of one status.
+
+    Read from the counts that staging and the commit keep on the run's row (one row, however
+    many actions); counted over the actions only for runs staged before those existed."""
+    runs = schema.runs
+    with engine.connect() as conn:
+        kept = conn.execute(sa.select(runs.c.action_counts).where(runs.c.id == run_id)).scalar()
+    by_status = json.loads(kept) if kept else {}
+    if "staged" in by_status:  # statuses the commit has not written yet count nothing
+        return by_status.get(status or "staged", {})
+    return _counted_over_actions(engine, run_id, status)
+
+
+def _counted_over_actions(
+    engine: sa.Engine, run_id: int, status: str | None
+) -> dict[str, dict[str, int]]:
     actions = schema.actions
     query = (
         sa.select(actions.c.entity, actions.c.action, actions.c.kind, sa.func.count())
@@ -39,12 +54,13 @@ def action_counts(
         rows = conn.execute(query).all()
     counts: dict[str, dict[str, int]] = {}
     for entity, action, kind, n in rows:
-        label = f"users ({kind})" if entity == "users" and kind else entity
+        label = count_label(entity, kind)
         counts.setdefault(label, dict.fromkeys(ACTIONS, 0))[action] += int(n)
     return counts
 
 
-def _ordered(counts: dict[str, dict[str, int]]) -> list[str]:
+def ordered_labels(counts: dict[str, dict[str, int]]) -> list[str]:
+    """Count labels in the model's dependency order (users' roles beside each other)."""
     order = [e.name for e in model.ENTITIES]
 
     def key(label: str) -> tuple[int, str]:
@@ -57,7 +73,7 @@ def _ordered(counts: dict[str, dict[str, int]]) -> list[str]:
 def counts_table(counts: dict[str, dict[str, int]]) -> str:
     """A Markdown table of counts per entity and action (entities with no action left out)."""
     rows = ["| entity | " + " | ".join(ACTIONS) + " |", "|---|" + "---:|" * len(ACTIONS)]
-    for label in _ordered(counts):
+    for label in ordered_labels(counts):
         values = counts[label]
         if any(values.get(a, 0) for a in ACTIONS):
             rows.append(f"| {label} | " + " | ".join(str(values.get(a, 0)) for a in ACTIONS) + " |")
@@ -229,14 +245,7 @@ NOTE_PREFIX = "SIS sync"
 def outcome_note(engine: sa.Engine, dag_id: str, airflow_run_id: str) -> str | None:
     """The outcome of an Airflow run's latest sync, for its DAG run note: a rejected or
     expired sync ends as a successful DAG run, so the runs list must say which it was."""
-    runs = schema.runs
-    with engine.connect() as conn:
-        run_id = conn.execute(
-            sa.select(runs.c.id)
-            .where(runs.c.dag_id == dag_id, runs.c.airflow_run_id == airflow_run_id)
-            .order_by(runs.c.attempt.desc())
-            .limit(1)
-        ).scalar()
+    run_id = run_of_airflow_run(engine, dag_id, airflow_run_id)
     if run_id is None:
         return None
     report = build_report(engine, run_id)

@@ -95,6 +95,20 @@ def get_run(engine: sa.Engine | sa.Connection, run_id: int) -> dict[str, Any]:
         return dict(conn.execute(query).mappings().one())
 
 
+def run_of_airflow_run(
+    engine: sa.Engine | sa.Connection, dag_id: str, airflow_run_id: str
+) -> int | None:
+    """The newest sync (attempt) of one Airflow DAG run."""
+    runs = schema.runs
+    query = (
+        sa.select(runs.c.id)
+        .where(runs.c.dag_id == dag_id, runs.c.airflow_run_id == airflow_run_id)
+        .order_by(runs.c.attempt.desc())
+        .limit(1)
+    )
+    return _execute(engine, query).scalar()
+
+
 def update_run(engine: sa.Engine | sa.Connection, run_id: int, **values: Any) -> None:
     """Set columns of the run's row other than its status (see :func:`move`)."""
     if "status" in values:
@@ -236,14 +250,44 @@ def record_answer(
     approve: bool,
     by: str | None,
     approvers: Sequence[str] = (),
+    answered_at: datetime | None = None,
 ) -> str:
     """Keep the approval step's answer the moment it comes; returns the run's status after.
 
     Approve from an allowed user makes the run ``approved``; Reject makes it ``rejected``; no
     answer before the timeout (``by`` is None) ``expired``. An Approve from someone outside
-    the portal's ``approvers`` refuses the run. An answer to a run that is no longer waiting
-    (one whose approval step was cleared after it ended) changes nothing and is recorded.
+    the portal's ``approvers``, or one given before the selection last changed (the approver
+    approved another selection), refuses the run. An answer to a run that is no longer
+    waiting (one whose approval step was cleared after it ended) changes nothing and is
+    recorded.
     """
+    with engine.begin() as conn:
+        # lock the row first: a selection saved now waits, or has already been stamped
+        conn.execute(
+            sa.update(schema.runs)
+            .where(schema.runs.c.id == run_id)
+            .values(stage=schema.runs.c.stage)
+        )
+        selection_at = get_run(conn, run_id)["selection_at"]
+        late = approve and answered_at and selection_at and as_utc(selection_at) > answered_at
+        to, event, detail = _answer(approve, by, approvers)
+        if late:
+            to, event = REFUSED, "approval_refused"
+            detail = (
+                f"Approve by {by} at {answered_at:%Y-%m-%d %H:%M:%S} UTC came before the "
+                f"selection last changed ({as_utc(selection_at):%Y-%m-%d %H:%M:%S} UTC): the "
+                "approver approved another selection"
+            )
+        return _record(conn, run_id, approve, by, to, event, detail)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every time stored here is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _answer(approve: bool, by: str | None, approvers: Sequence[str]) -> tuple[str, str, str]:
+    """The status, event and detail an answer leads to."""
     if by is None:
         to, event, detail = EXPIRED, "expired", "nobody answered before the approval timeout"
     elif approve and approvers and by not in approvers:
@@ -255,25 +299,36 @@ def record_answer(
         to, event, detail = APPROVED, "approved", f"approved by {by}"
     else:
         to, event, detail = REJECTED, "rejected", f"rejected by {by}"
+    return to, event, detail
+
+
+def _record(
+    conn: sa.Connection,
+    run_id: int,
+    approve: bool,
+    by: str | None,
+    to: str,
+    event: str,
+    detail: str,
+) -> str:
     values: dict[str, Any] = {"decided_at": now()}
     if to == REFUSED:
         values.update(error=detail, finished_at=now())
     else:
         values["decided_by"] = by
-    with engine.begin() as conn:
-        if move(conn, run_id, to, allowed_from=(AWAITING_APPROVAL,), **values):
-            record_event(conn, run_id, event, detail, by)
-            return to
-        status = get_run(conn, run_id)["status"]
-        answer = "Approve" if approve else "Reject"
-        record_event(
-            conn,
-            run_id,
-            "answer_ignored",
-            f"{answer} by {by or 'nobody (the timeout)'} came when the sync was {status}: "
-            "it changes nothing",
-            by,
-        )
+    if move(conn, run_id, to, allowed_from=(AWAITING_APPROVAL,), **values):
+        record_event(conn, run_id, event, detail, by)
+        return to
+    status = get_run(conn, run_id)["status"]
+    answer = "Approve" if approve else "Reject"
+    record_event(
+        conn,
+        run_id,
+        "answer_ignored",
+        f"{answer} by {by or 'nobody (the timeout)'} came when the sync was {status}: "
+        "it changes nothing",
+        by,
+    )
     return status
 
 

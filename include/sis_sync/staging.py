@@ -6,19 +6,20 @@ statuses, run status, checkpoint) is one transaction.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 
-from include.sis_sync.diff import ACTIONS, ChangeSet
+from include.sis_sync.diff import ACTIONS, ChangeSet, label_counts
 from include.sis_sync.lms import schema
 from include.sis_sync.lms.bulk import insert_frame
-from include.sis_sync.runs import AWAITING_APPROVAL, PREPARING, STAGED, RunClosed, move
+from include.sis_sync.runs import AWAITING_APPROVAL, PREPARING, STAGED, RunClosed, move, now
 from include.sis_sync.validation import Finding
 
-PARENT_LINKS = ("parent_user_key", "parent_section_key")
+OPTIONAL_COLUMNS = ("label", "parent_user_key", "parent_section_key")
 # A selection may change until the change set is decided.
 SELECTABLE = (*PREPARING, AWAITING_APPROVAL)
 
@@ -68,20 +69,24 @@ def write_change_set(
         insert_frame(
             conn,
             "sis_sync_actions",
-            _without_empty_links(change_set.actions),
+            _without_empty_columns(change_set.actions),
             {"run_id": run_id, "portal_id": portal_id, "selected": True, "status": "staged"},
         )
         insert_frame(conn, "sis_sync_warnings", warnings_frame(findings), {"run_id": run_id})
         link_warnings(conn, run_id)
-        if not move(conn, run_id, STAGED, allowed_from=PREPARING, counts=counts):
+        staged = {"staged": label_counts(change_set.actions)}
+        if not move(
+            conn, run_id, STAGED, allowed_from=PREPARING, counts=counts, action_counts=staged
+        ):
             raise RunClosed(f"sync {run_id} is no longer being prepared: nothing was staged")
     return counts
 
 
-def _without_empty_links(actions: pd.DataFrame) -> pd.DataFrame:
-    """The actions without parent-link columns that hold no link (every action of an initial
-    sync): binding millions of NULLs costs time, and the columns default to NULL anyway."""
-    empty = [c for c in PARENT_LINKS if c in actions and actions[c].isna().all()]
+def _without_empty_columns(actions: pd.DataFrame) -> pd.DataFrame:
+    """The actions without optional columns that hold nothing (parent links in an initial
+    sync, labels of enrollments): binding millions of NULLs costs time, and the columns
+    default to NULL anyway."""
+    empty = [c for c in OPTIONAL_COLUMNS if c in actions and actions[c].isna().all()]
     return actions.drop(columns=empty) if empty else actions
 
 
@@ -129,27 +134,59 @@ def link_warnings(conn: sa.Connection, run_id: int) -> None:
 
 
 def set_selected(engine: sa.Engine, run_id: int, action_ids: list[int], selected: bool) -> int:
-    """Tick or untick actions of a run that is not decided yet (staged or awaiting approval).
+    """Tick or untick the listed actions of a run that is not decided yet."""
+    return _select(engine, run_id, [(schema.actions.c.id.in_(action_ids), selected)])
 
-    The run's row is written first, as a conditional no-op: it takes the row's lock, so a
-    selection and an Approve never interleave; the approver approves what is saved.
+
+def set_selected_where(
+    engine: sa.Engine, run_id: int, where: sa.ColumnElement[bool], *, selected: bool
+) -> int:
+    """Tick or untick the run's actions matching ``where`` (a whole filtered list at once)."""
+    return _select(engine, run_id, [(where, selected)])
+
+
+def save_page_selection(
+    engine: sa.Engine, run_id: int, shown: Iterable[int], ticked: Iterable[int]
+) -> int:
+    """Save one page of an action list: the ``ticked`` actions among those ``shown``
+    selected, the other shown ones not, in one transaction."""
+    ticked_ids, shown_ids = set(ticked), set(shown)
+    ids = schema.actions.c.id
+    return _select(
+        engine,
+        run_id,
+        [(ids.in_(ticked_ids), True), (ids.in_(shown_ids - ticked_ids), False)],
+    )
+
+
+def _select(
+    engine: sa.Engine, run_id: int, changes: list[tuple[sa.ColumnElement[bool], bool]]
+) -> int:
+    """Apply selection changes while the run is not decided (staged or awaiting approval).
+
+    The run's row is written first: it takes the row's lock, so a selection and an Approve
+    never interleave, and it stamps ``selection_at``, so an Approve given before a late
+    selection was saved is refused (the approver approved another selection).
     """
     runs = schema.runs
+    changed = 0
     with engine.begin() as conn:
         open_for_selection = conn.execute(
             sa.update(runs)
             .where(runs.c.id == run_id, runs.c.status.in_(SELECTABLE))
-            .values(stage=runs.c.stage)
+            .values(selection_at=now())
         ).rowcount
         if not open_for_selection:
             status = conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id)).scalar()
             raise RunClosed(f"sync {run_id} is {status}: its selection can no longer change")
-        result = conn.execute(
-            sa.update(schema.actions)
-            .where(schema.actions.c.run_id == run_id, schema.actions.c.id.in_(action_ids))
-            .values(selected=selected)
-        )
-    return int(result.rowcount or 0)
+        for where, selected in changes:
+            result = conn.execute(
+                sa.update(schema.actions)
+                .where(schema.actions.c.run_id == run_id, where)
+                .values(selected=selected)
+            )
+            changed += int(result.rowcount or 0)
+    return changed
 
 
 def read_warnings(engine: sa.Engine, run_id: int) -> list[dict[str, Any]]:

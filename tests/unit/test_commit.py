@@ -403,3 +403,25 @@ def test_two_commits_of_one_run_apply_it_once(lms_url: str) -> None:
             racer.join(timeout=30)
             if racer.is_alive():
                 racer.kill()
+
+
+@pytest.mark.parametrize("status", [None, "applied", "not_selected", "skipped"])
+def test_counts_kept_on_the_run_equal_counting_its_actions(lms_url: str, status: str) -> None:
+    """The report reads the counts staging and the commit keep on the run's row (one row for
+    millions of actions): they must be what counting the actions says, status by status."""
+    from include.sis_sync.report import _counted_over_actions, action_counts
+
+    sync(lms_url, _cascade_district({"s1": "sch-a", "s2": "sch-a"}, [("c1", "s1")]))
+    change_set, scoped = run_diff(
+        lms_url, _cascade_district({"s2": "sch-a", "s3": "sch-b"}, [("c2", "s3")])
+    )
+    run_id = stage(lms_url, change_set, approve=False)
+    untick(lms_url, run_id, "users", "s1")  # keeps her membership and enrollment: skipped
+    engine = engine_for(lms_url)
+    assert action_counts(engine, run_id, status) == _counted_over_actions(engine, run_id, status)
+    approve(lms_url, run_id)
+    commit(lms_url, run_id, scoped)
+    kept = action_counts(engine, run_id, status)
+    assert kept == _counted_over_actions(engine, run_id, status)
+    if status == "skipped":
+        assert sum(n for per in kept.values() for n in per.values()) == 2

@@ -11,6 +11,7 @@ Nothing is ever deleted: archiving sets ``archived_at``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from include.sis_sync import model
-from include.sis_sync.diff import ADD, ARCHIVE, REACTIVATE, UPDATE
+from include.sis_sync.diff import ADD, ARCHIVE, REACTIVATE, UPDATE, label_counts
 from include.sis_sync.lms.bulk import (
     insert_frame,
     placeholder,
@@ -131,6 +132,7 @@ def _apply_run(
     result = CommitResult()
     skipped_parts = []
     unticked: dict[str, pd.Series] = {}  # parent entity -> keys whose archive is unticked
+    counted: dict[str, dict[str, dict[str, int]]] = {}
     for entity in model.ENTITIES:
         actions = _load_actions(conn, run_id, entity.name)
         result.not_selected += int((~actions["selected"]).sum())
@@ -147,6 +149,7 @@ def _apply_run(
             ignore_index=True,
         )
         todo = selected[~selected["id"].isin(skipped["id"])]
+        _count_statuses(counted, actions, todo, skipped)
         result.applied[entity.name] = _apply_entity(
             conn, entity, todo, frame, target, run_id, stamp
         )
@@ -159,15 +162,34 @@ def _apply_run(
         run_id,
         committed_at=stamp,
         checkpoint=checkpoint if not run["schools"] else None,
+        action_counts={**json.loads(run["action_counts"] or "{}"), **counted},
     )
     return result
+
+
+def _count_statuses(
+    counted: dict[str, dict[str, dict[str, int]]],
+    actions: pd.DataFrame,
+    applied: pd.DataFrame,
+    skipped: pd.DataFrame,
+) -> None:
+    """Add one entity's actions to the run's counts per status (for its report)."""
+    parts = {
+        "applied": applied,
+        "not_selected": actions[~actions["selected"]],
+        "skipped": actions[actions["id"].isin(skipped["id"])],
+    }
+    for status, part in parts.items():
+        for label, per_action in label_counts(part).items():
+            counted.setdefault(status, {})[label] = per_action
 
 
 def _load_actions(conn: sa.Connection, run_id: int, entity: str) -> pd.DataFrame:
     ph = placeholder(conn)
     frame = read_frame(
         conn,
-        "SELECT id, action, sis_key, lms_id, selected, parent_user_key, parent_section_key "
+        "SELECT id, action, sis_key, lms_id, kind, selected, parent_user_key, "
+        "parent_section_key "
         "FROM sis_sync_actions "
         f"WHERE run_id = {ph} AND entity = {ph}",
         (run_id, entity),
@@ -175,7 +197,7 @@ def _load_actions(conn: sa.Connection, run_id: int, entity: str) -> pd.DataFrame
     frame["id"] = frame["id"].astype("int64")
     frame["lms_id"] = frame["lms_id"].astype("Int64")
     frame["selected"] = frame["selected"].astype(bool)
-    for column in ("sis_key", "parent_user_key", "parent_section_key"):
+    for column in ("sis_key", "kind", "parent_user_key", "parent_section_key"):
         frame[column] = frame[column].astype("string")
     frame["entity"] = entity
     return frame

@@ -75,10 +75,13 @@ runs = sa.Table(
     sa.Column("auto_commit", sa.Boolean, nullable=False, default=False),
     sa.Column("allow_mass_archive", sa.Boolean, nullable=False, default=False),
     sa.Column("counts", sa.Text, nullable=True),  # JSON {entity: {action: n}}
+    # JSON {staged|applied|not_selected|skipped: {label: {action: n}}}, users per role
+    sa.Column("action_counts", sa.Text, nullable=True),
     sa.Column("guard_decisions", sa.Text, nullable=True),  # JSON list of guard results
     sa.Column("decision", sa.String(32), nullable=True),  # auto_commit | approval
     sa.Column("decided_by", sa.String(250), nullable=True),  # who approved or rejected
     sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("selection_at", sa.DateTime(timezone=True), nullable=True),  # last (un)ticking
     sa.Column("timings", sa.Text, nullable=True),  # JSON {task: seconds}
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -122,6 +125,7 @@ actions = sa.Table(
     sa.Column("kind", sa.String(32), nullable=True),  # users: primary role
     sa.Column("reason", sa.String(64), nullable=True),
     sa.Column("changes", sa.Text, nullable=True),  # JSON {field: [before, after]}
+    sa.Column("label", sa.Text, nullable=True),  # a person's or record's name, for the pages
     # A membership's or enrollment's archive: the archived user and section that explain it
     # (unticking every one of them keeps the child).
     sa.Column("parent_user_key", sa.String(255), nullable=True),
@@ -130,6 +134,15 @@ actions = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),  # staged | applied | skipped
     # one index serves counts per action, lists paged by key, and a warning's action
     sa.Index("ix_sis_sync_actions_run", "run_id", "entity", "action", "sis_key"),
+)
+# Only unticked actions (few, and none at staging): a list counts its unticked ones at once.
+sa.Index(
+    "ix_sis_sync_actions_unticked",
+    actions.c.run_id,
+    actions.c.entity,
+    actions.c.action,
+    sqlite_where=sa.not_(actions.c.selected),
+    postgresql_where=sa.not_(actions.c.selected),
 )
 
 warnings = sa.Table(
