@@ -30,6 +30,7 @@ DEFAULT_PORTALS_DIR = PROJECT_ROOT / "include" / "portals"
 DEFAULT_DROPS_DIR = PROJECT_ROOT / ".data" / "drops"
 
 PORTAL_ID = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 # Airflow's cron presets that croniter does not know itself (airflow.sdk ... _cron.CRON_PRESETS).
 CRON_PRESETS = {"@quarterly": "0 0 1 */3 *"}
 
@@ -163,6 +164,9 @@ class Guards(_Strict):
     update_min_count: Annotated[int, Field(ge=0)] = 20
 
 
+# Providers whose quick sync may start from a date-time a run names (its ``since`` param).
+SINCE_PROVIDERS = ("clever", "oneroster_rest")
+
 # provider -> (the field naming its source, what that field holds)
 SOURCE_FIELDS = {
     "oneroster_csv": ("source", "its drop path"),
@@ -187,6 +191,7 @@ class Portal(_Strict):
     auto_commit: bool = False
     approval_timeout_hours: Annotated[float, Field(gt=0)] = 24.0
     approvers: list[str] = Field(default_factory=list)
+    notify: list[str] = Field(default_factory=list)  # emails told of waiting, committed, ...
     schools: Schools = Schools()
     entities: Entities = Entities()
     school_year: DateWindow | None = None
@@ -210,6 +215,14 @@ class Portal(_Strict):
         needs = SOURCE_FIELDS.get(info.data.get("provider", ""))
         if needs and needs[0] == info.field_name and value is None:
             raise ValueError(f"a {info.data['provider']} portal needs '{needs[0]}' ({needs[1]})")
+        return value
+
+    @field_validator("notify")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not EMAIL.match(v)]
+        if bad:
+            raise ValueError(f"not email addresses: {', '.join(bad)}")
         return value
 
     @field_validator("id")

@@ -52,8 +52,8 @@ def test_each_portal_dag_has_the_sync_shape(shipped_portals: DagBag) -> None:
         assert dag.max_active_runs == 1
         assert "sis-sync" in dag.tags and dag.doc_md
         expected = {"mode", "auto_commit", "schools", "allow_mass_archive", "drop_date", "replay"}
-        if "clever" in dag.tags:
-            expected.add("since")  # a quick sync from a chosen date-time in the events window
+        if "clever" in dag.tags or "oneroster_rest" in dag.tags:
+            expected.add("since")  # a quick sync from a chosen date-time
         assert set(dag.params.keys()) == expected
         assert dag.get_task("extract").retries >= 1
         assert dag.get_task("await_approval").retries == 0
