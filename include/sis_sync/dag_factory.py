@@ -9,21 +9,30 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import DAG, BaseHook, Param, PokeReturnValue, TriggerRule, Variable, task
+from airflow.sdk import (
+    DAG,
+    BaseHook,
+    BaseNotifier,
+    Param,
+    PokeReturnValue,
+    TriggerRule,
+    Variable,
+    task,
+)
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from include.sis_sync import pipeline
-from include.sis_sync.config import Portal, PortalConfigError
+from include.sis_sync import notifications, pipeline
+from include.sis_sync.config import SINCE_PROVIDERS, Portal, PortalConfigError
 from include.sis_sync.lms.db import SchemaOutOfDate, url_from_connection
 from include.sis_sync.providers.clever import CleverAuthError
 from include.sis_sync.providers.oneroster_csv import DropError
-from include.sis_sync.runs import RunClosed, RunNotCommittable, update_run
+from include.sis_sync.runs import AWAITING_APPROVAL, RunClosed, RunNotCommittable, update_run
 from include.sis_sync.validation import SnapshotInvalid
 
 LMS_CONN_ID = "lms_db"
@@ -133,13 +142,19 @@ def api_pool(portal: Portal) -> str:
     return source.pool if source is not None and source.pool else "default_pool"
 
 
+def ui_base() -> str:
+    """The Airflow UI's address (the ``sis_sync_ui_base_url`` variable), or "" for links
+    relative to the UI."""
+    return str(Variable.get(UI_BASE_URL_VARIABLE, default=None) or "").rstrip("/")
+
+
 def run_link(context: dict[str, Any]) -> str | None:
     """The run's page in the Airflow UI, when the ``sis_sync_ui_base_url`` variable is set."""
-    base = Variable.get(UI_BASE_URL_VARIABLE, default=None)
+    base = ui_base()
     if not base:
         return None
     dag_run = context["dag_run"]
-    return f"{str(base).rstrip('/')}/dags/{dag_run.dag_id}/runs/{quote(dag_run.run_id, safe='')}"
+    return f"{base}/dags/{dag_run.dag_id}/runs/{quote(dag_run.run_id, safe='')}"
 
 
 def stage(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -161,6 +176,30 @@ def stage(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def answered_at(value: Any) -> datetime | None:
+    """The answer's time from the HITL event (a datetime, or ISO text once serialised)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class WaitingNotifier(BaseNotifier):
+    """Tells the portal's admins that a sync waits for them, when its approval step starts
+    waiting (the HITL operator calls its notifiers then)."""
+
+    template_fields = ()
+
+    def __init__(self, portal: Portal) -> None:
+        super().__init__()
+        self.portal = portal
+
+    def notify(self, context: Any) -> None:
+        sync_id = context["ti"].xcom_pull(task_ids="start")
+        ctx = run_context(self.portal, context)
+        notifications.notify(ctx.engine, self.portal, sync_id, AWAITING_APPROVAL, ui_base())
+
+
 class SyncApprovalOperator(ApprovalOperator):
     """The approval step, which also writes the answer to the run's row the moment it comes,
     so the history says who approved or rejected, or that nobody answered in time."""
@@ -178,19 +217,21 @@ class SyncApprovalOperator(ApprovalOperator):
                 sync_id,
                 list(event.get("chosen_options") or []),
                 user.get("name") or user.get("id"),
+                answered_at(event.get("responded_at")),
             )
         return super().execute_complete(context=context, event=event)
 
 
 def params_for(portal: Portal) -> dict[str, Param]:
     params = _common_params(portal)
-    if portal.provider == "clever":
+    if portal.provider in SINCE_PROVIDERS:
         params["since"] = Param(
             None,
             type=["null", "string"],
             format="date-time",
-            description="Quick sync from this date-time (within Clever's 30-day events window) "
-            "instead of from the last committed sync; mode full reads everything",
+            description="Quick sync from this date-time (Clever: within its 30-day events "
+            "window; OneRoster REST: records whose dateLastModified is later) instead of from "
+            "the last committed sync; mode full reads everything",
         )
     return params
 
@@ -313,8 +354,9 @@ def build_dag(portal: Portal) -> DAG:
             """Evaluate the guards; the approval text says which tripped."""
             ctx = run_context(portal, context)
             checks = stage(pipeline.validate_changes)(ctx, sync_id)
-            link = run_link(context)
-            checks["body"] = pipeline.approval_body(ctx, sync_id, checks["tripped"], link)
+            checks["body"] = pipeline.approval_body(
+                ctx, sync_id, checks["tripped"], run_link(context), ui_base=ui_base()
+            )
             return checks
 
         @task.branch
@@ -330,6 +372,7 @@ def build_dag(portal: Portal) -> DAG:
             defaults="Reject",
             response_timeout=timedelta(hours=portal.approval_timeout_hours),
             assigned_users=[{"id": a, "name": a} for a in portal.approvers] or None,
+            notifiers=[WaitingNotifier(portal)],
             retries=0,
         )
 
@@ -343,8 +386,10 @@ def build_dag(portal: Portal) -> DAG:
             """Write the final status and the report; fail the run when the sync failed."""
             if sync_id is None:
                 raise AirflowFailException("the run never started: see the start task's log")
-            result = pipeline.finish(run_context(portal, context), sync_id)
+            ctx = run_context(portal, context)
+            result = pipeline.finish(ctx, sync_id)
             print(result["text"])
+            notifications.notify(ctx.engine, portal, sync_id, result["status"], ui_base(), context)
             if result["status"] in ("failed", "refused"):
                 raise AirflowFailException(f"sync {result['status']}: {result['error']}")
             if result["refusals"]:

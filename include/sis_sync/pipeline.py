@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pandas as pd
@@ -369,8 +370,11 @@ def gate(ctx: RunContext, run_id: int, tripped: list[str]) -> str:
     raise RunClosed(f"sync {run_id}: {detail}")
 
 
-def approval_body(ctx: RunContext, run_id: int, tripped: list[str], link: str | None = None) -> str:
-    """The Markdown an approver reads: counts per entity and action, and the guards tripped."""
+def approval_body(
+    ctx: RunContext, run_id: int, tripped: list[str], link: str | None = None, ui_base: str = ""
+) -> str:
+    """The Markdown an approver reads: counts per entity and action, the guards tripped, and
+    a link to the sync's report in the admin pages (relative to the UI unless ``ui_base``)."""
     from include.sis_sync.report import action_counts, counts_table
 
     run = get_run(ctx.engine, run_id)
@@ -396,16 +400,30 @@ def approval_body(ctx: RunContext, run_id: int, tripped: list[str], link: str | 
             f"Only the portal's approvers may approve: {', '.join(ctx.portal.approvers)}.",
         ]
     lines += ["", "Approve to apply these changes to the LMS; Reject to discard them."]
+    report = f"{ui_base.rstrip('/')}/sis-sync/portals/{ctx.portal.dag_id}/runs/{run_id}"
+    lines += [
+        "",
+        f"[Review the actions in the sync report]({report}): untick what must not reach the "
+        "LMS, then commit or reject there or here.",
+    ]
     if link:
         lines += ["", f"[The run in Airflow]({link}): each stage's log and the staged actions."]
     return "\n".join(lines)
 
 
-def record_approval(ctx: RunContext, run_id: int, chosen: list[str], by: str | None) -> str:
+def record_approval(
+    ctx: RunContext,
+    run_id: int,
+    chosen: list[str],
+    by: str | None,
+    answered_at: datetime | None = None,
+) -> str:
     """Keep the approver's answer on the run's row at once (``runs.record_answer``): approved,
     rejected, expired when nobody answered in time, refused when the one approving is not
     among the portal's approvers. Returns the run's status after it."""
-    status = record_answer(ctx.engine, run_id, "Approve" in chosen, by, ctx.portal.approvers)
+    status = record_answer(
+        ctx.engine, run_id, "Approve" in chosen, by, ctx.portal.approvers, answered_at
+    )
     log.info("sync %s: %s (answer by %s)", run_id, status, by or "nobody: the approval timeout")
     return status
 

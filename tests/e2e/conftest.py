@@ -133,10 +133,13 @@ class Responder:
                 f"/api/v2/dags/{self.dag_id}/dagRuns/~/hitlDetails",
                 params={"response_received": False},
             )
+            # Only a request whose task has parked: the request row is written before the
+            # step's notifiers run (a mail), and dag.test misses an answer given before then.
             pending = [
                 h
                 for h in response.json().get("hitl_details", [])
                 if h["task_instance"]["task_id"] == "await_approval"
+                and h["task_instance"]["state"] == "awaiting_input"
             ]
             if pending:
                 detail = pending[0]
