@@ -1,4 +1,8 @@
-"""SIS sync's Airflow plugin: each sync's outcome as its DAG run's note.
+"""SIS sync's Airflow plugin: the admin pages, and each sync's outcome as its DAG run's note.
+
+The admin pages (``include/sis_sync/plugin``) are a FastAPI app that the API server mounts at
+``/sis-sync``; a "SIS sync" entry in the navigation shows them inside the Airflow UI, and a
+DAG run's page gets a "Sync report" tab.
 
 A rejected or expired sync ends as a successful DAG run, green in the runs list like a
 committed one. When a portal's DAG run ends, this listener (run by the scheduler, and by
@@ -73,6 +77,27 @@ def on_dag_run_failed(dag_run: Any, msg: str) -> None:
     _write_note(dag_run)
 
 
+def _admin_app() -> Any:
+    from include.sis_sync.plugin.app import app
+
+    return app
+
+
 class SisSyncPlugin(AirflowPlugin):
     name = "sis_sync"
     listeners = [sys.modules[__name__]]
+    fastapi_apps = [{"app": _admin_app(), "url_prefix": "/sis-sync", "name": "SIS sync"}]
+    external_views = [
+        {
+            "name": "SIS sync",
+            "href": "sis-sync/",
+            "url_route": "sis-sync",
+            "destination": "nav",
+        },
+        {
+            "name": "Sync report",
+            "href": "sis-sync/airflow-runs/{DAG_ID}/{RUN_ID}",
+            "url_route": "sis-sync-run",
+            "destination": "dag_run",
+        },
+    ]

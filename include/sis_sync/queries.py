@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from include.sis_sync import model
-from include.sis_sync.diff import ACTIONS, count_label
+from include.sis_sync.diff import ACTION_COLUMNS, ACTIONS, count_label
 from include.sis_sync.lms import schema
 from include.sis_sync.report import action_counts
 from include.sis_sync.runs import APPROVED, AWAITING_APPROVAL, PREPARING, as_utc, now
@@ -260,17 +260,10 @@ def find_run(engine: sa.Engine, run_id: int) -> dict[str, Any] | None:
 # A run's actions and warnings
 # --------------------------------------------------------------------------------------------
 
+# What a list shows of an action: what the diff staged, its id, and its selection and outcome.
 ACTION_LIST_COLUMNS = (
     "id",
-    "entity",
-    "action",
-    "sis_key",
-    "lms_id",
-    "school_key",
-    "kind",
-    "reason",
-    "changes",
-    "label",
+    *(c for c in ACTION_COLUMNS if c not in ("parent_user_key", "parent_section_key")),
     "selected",
     "status",
 )

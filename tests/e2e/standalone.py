@@ -551,6 +551,29 @@ class Standalone:
             lines.append(text)
         return "\n".join(lines)
 
+    # -- users (when the standalone signs users in) ---------------------------------------------
+
+    def password(self, username: str) -> str:
+        """The password the simple auth manager generated for ``username``."""
+        generated = self.home / "simple_auth_manager_passwords.json.generated"
+        return str(json.loads(generated.read_text())[username])
+
+    def token(self, username: str) -> str:
+        """A JWT for ``username`` (``POST /auth/token``), as the login page gets one."""
+        response = self.client.post(
+            "/auth/token",
+            json={"username": username, "password": self.password(username)},
+            headers={"Authorization": ""},
+        )
+        if response.status_code not in (200, 201):
+            raise StandaloneError(f"sign-in of {username}: {response.status_code} {response.text}")
+        return str(response.json()["access_token"])
+
+    def client_as(self, username: str | None) -> httpx.Client:
+        """A client signed in as ``username`` with the UI's cookie (None: anonymous)."""
+        cookies = {"_token": self.token(username)} if username else {}
+        return httpx.Client(base_url=self.base_url, timeout=60, cookies=cookies)
+
     def import_errors(self) -> Any:
         with contextlib.suppress(httpx.HTTPError, ValueError):
             return self.get("/api/v2/importErrors").json()
@@ -591,6 +614,37 @@ class Standalone:
         )
 
 
+def sync_env(root: Path, **extra: str) -> dict[str, str]:
+    """The settings of a standalone that syncs portals: portal files in ``root/portals``,
+    drops in ``root/drops``, run data in ``root/runs`` and the LMS in ``root/lms.db`` (which
+    the caller migrates), and ``extra``."""
+    return {
+        "SIS_SYNC_PORTALS_DIR": str(root / "portals"),
+        "SIS_SYNC_DATA_URL": str(root / "runs"),
+        "SIS_SYNC_DROPS_DIR": str(root / "drops"),
+        "AIRFLOW_CONN_LMS_DB": json.dumps({"conn_type": "sqlite", "host": str(root / "lms.db")}),
+        **extra,
+    }
+
+
+def signed_in_users(users: str) -> dict[str, str]:
+    """Settings for a standalone whose simple auth manager signs in ``users``
+    ("name:role,..."; passwords are generated) instead of letting everyone in as admin."""
+    return {
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": users,
+    }
+
+
+def ready_to_sync(af: Standalone, dag_ids: list[str], pool: str) -> None:
+    """The commit pool made, each portal's DAG parsed and unpaused."""
+    made = af.cli("pools", "set", pool, "1", "LMS writes")
+    assert made.returncode == 0, made.stderr
+    for dag_id in dag_ids:
+        af.wait_for_dag(dag_id, timeout=180)
+        af.request_retrying("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+
+
 @contextlib.contextmanager
 def start_standalone(
     home: Path,
@@ -604,6 +658,10 @@ def start_standalone(
     try:
         standalone.start()
         standalone.wait_ready(ready_timeout)
+        if standalone.env.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS") == "False":
+            # users sign in: the helper's own REST calls are the admin's
+            admin = standalone.token("admin")
+            standalone.client.headers["Authorization"] = f"Bearer {admin}"
         yield standalone
     finally:
         standalone.stop()

@@ -27,7 +27,13 @@ from include.sis_sync.lms.commit import lms_snapshot
 from include.sis_sync.lms.db import engine_for, migrate
 from include.sis_sync.report import build_report
 from include.sis_sync.sample.generator import District, generate_district, next_day, write_drop
-from tests.e2e.standalone import Standalone, start_standalone, wait_until
+from tests.e2e.standalone import (
+    Standalone,
+    ready_to_sync,
+    start_standalone,
+    sync_env,
+    wait_until,
+)
 from tests.helpers import run_rows, write_portal
 
 pytestmark = [pytest.mark.standalone, pytest.mark.timeout(600)]
@@ -85,22 +91,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         )
     lms = root / "lms.db"
     migrate(f"sqlite:///{lms}")
-    env = {
-        "SIS_SYNC_PORTALS_DIR": str(portals),
-        "SIS_SYNC_DATA_URL": str(root / "runs"),
-        "SIS_SYNC_DROPS_DIR": str(root / "drops"),
-        "AIRFLOW_CONN_LMS_DB": json.dumps({"conn_type": "sqlite", "host": str(lms)}),
-        # the scheduler looks for expired approvals this often (15 s by default)
-        "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "3",
-    }
+    # the scheduler looks for expired approvals this often (15 s by default)
+    env = sync_env(root, AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL="3")
     with start_standalone(root / "airflow", env) as af:
-        pool = af.cli("pools", "set", LMS_WRITES_POOL, "1", "LMS writes")
-        assert pool.returncode == 0, pool.stderr
-        for portal in PORTALS:
-            af.wait_for_dag(f"sis_sync__{portal}", timeout=180)
-            af.request_retrying(
-                "PATCH", f"/api/v2/dags/sis_sync__{portal}", json={"is_paused": False}
-            )
+        ready_to_sync(af, [f"sis_sync__{portal}" for portal in PORTALS], LMS_WRITES_POOL)
         yield Setup(af, root)
 
 
