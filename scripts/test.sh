@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 source scripts/env.sh
 ruff check . && ruff format --check .
+# The admin pages' browser tests drive Debian's Chromium (installed here when missing).
+SIS_SYNC_CHROMIUM="${SIS_SYNC_CHROMIUM:-$(scripts/chromium.sh)}"
+export SIS_SYNC_CHROMIUM
 SIS_SYNC_TEST_POSTGRES_URL="$(scripts/postgres.sh start)"
 export SIS_SYNC_TEST_POSTGRES_URL
 trap 'scripts/postgres.sh stop' EXIT

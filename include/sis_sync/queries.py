@@ -425,6 +425,20 @@ def schools(engine: sa.Engine, portal_id: str) -> list[dict[str, str]]:
         ]
 
 
+def school_names(engine: sa.Engine, portal_id: str, run_id: int) -> dict[str, str]:
+    """Names of the schools an action list may name: the LMS's, and those this run adds."""
+    a = schema.actions.c
+    with engine.connect() as conn:
+        staged = conn.execute(
+            sa.select(a.sis_key, a.label).where(
+                a.run_id == run_id, a.entity == "organizations", a.action.in_(ACTIONS)
+            )
+        ).all()
+    names = {key: label for key, label in staged if label}
+    names.update({s["sis_key"]: s["name"] for s in schools(engine, portal_id)})
+    return names
+
+
 def warnings_page(
     engine: sa.Engine,
     run_id: int,

@@ -148,6 +148,9 @@ def test_pages_list_portals_and_a_viewer_may_change_nothing(
         f"{base}/runs/{sync_id}/actions?entity=users&action=add",
     ):
         assert setup.as_("vera").get(path).status_code == 200, path
+    report = setup.as_("vera").get(f"{base}/runs/{sync_id}").text
+    # each count opens its action list: users per role, the count as the link's text
+    assert re.search(r'entity=users&amp;action=add&amp;kind=student">[1-9]\d*</a>', report)
     token = _form_token(setup, "vera", base)
     refused = {
         f"{base}/paused": {"paused": "true"},

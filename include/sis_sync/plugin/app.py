@@ -298,7 +298,7 @@ def actions_page(
         links=queries.action_links(engine, portal.id, entity, page.rows),
         kinds=queries.action_kinds(engine, run_id, entity, action) if entity == "users" else [],
         schools=schools,
-        school_names={s["sis_key"]: s["name"] for s in schools},
+        school_names=queries.school_names(engine, portal.id, run_id),
         has_names=entity not in ("user_organizations", "enrollments"),
         editable=editable and _allowed(user, dag_id, "PUT"),
         closed_reason=reason,
@@ -511,7 +511,7 @@ def _count_rows(counts: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
                 "label": ENTITY_TITLES.get(entity, entity) + (f" ({kind}" if kind else ""),
                 "entity": entity,
                 "kind": kind.rstrip(")") or None,
-                "values": values,
+                "per_action": values,
             }
         )
     return rows
