@@ -301,7 +301,7 @@ def count_actions(engine: sa.Engine, run_id: int, flt: ActionFilter) -> dict[str
         total = _capped_count(engine, flt.clause(run_id))
         more = total > COUNT_LIMIT
         total = min(total, COUNT_LIMIT)
-    unticked = _capped_count(engine, sa.and_(flt.clause(run_id), ~schema.actions.c.selected))
+    unticked = _capped_count(engine, sa.and_(flt.clause(run_id), schema.UNTICKED))
     return {
         "total": total,
         "more": more,

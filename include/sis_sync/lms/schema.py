@@ -141,9 +141,11 @@ sa.Index(
     actions.c.run_id,
     actions.c.entity,
     actions.c.action,
-    sqlite_where=sa.not_(actions.c.selected),
-    postgresql_where=sa.not_(actions.c.selected),
+    sqlite_where=actions.c.selected == sa.false(),
+    postgresql_where=actions.c.selected == sa.false(),
 )
+# Written as the index's condition is, so that SQLite sees a query may use it.
+UNTICKED = actions.c.selected == sa.false()
 
 warnings = sa.Table(
     "sis_sync_warnings",

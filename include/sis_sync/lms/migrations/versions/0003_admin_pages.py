@@ -30,7 +30,7 @@ def upgrade() -> None:
         "sis_sync_runs", sa.Column("selection_at", sa.DateTime(timezone=True), nullable=True)
     )
     op.add_column("sis_sync_runs", sa.Column("action_counts", sa.Text, nullable=True))
-    unticked = sa.not_(sa.column("selected"))
+    unticked = sa.column("selected") == sa.false()
     op.create_index(
         "ix_sis_sync_actions_unticked",
         "sis_sync_actions",
