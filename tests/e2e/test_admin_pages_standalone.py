@@ -148,6 +148,22 @@ def test_pages_list_portals_and_a_viewer_may_change_nothing(
         f"{base}/runs/{sync_id}/actions?entity=users&action=add",
     ):
         assert setup.as_("vera").get(path).status_code == 200, path
+    # a DAG run's "Sync report" tab, and the approval's text in Required Actions, lead here
+    views = {
+        v["name"]: v
+        for p in setup.af.get("/api/v2/plugins").json()["plugins"]
+        for v in p["external_views"]
+    }
+    assert views["SIS sync"]["destination"] == "nav"
+    assert views["Sync report"]["destination"] == "dag_run"
+    tab = setup.as_("vera").get(
+        f"/sis-sync/airflow-runs/sis_sync__review/{run_id}", follow_redirects=False
+    )
+    assert tab.headers["location"] == f"{base}/runs/{sync_id}"
+    detail = setup.af.get(
+        f"/api/v2/dags/sis_sync__review/dagRuns/{run_id}/taskInstances/await_approval/-1/hitlDetails"
+    ).json()
+    assert f"({base}/runs/{sync_id})" in detail["body"]
     report = setup.as_("vera").get(f"{base}/runs/{sync_id}").text
     # each count opens its action list: users per role, the count as the link's text
     assert re.search(r'entity=users&amp;action=add&amp;kind=student">[1-9]\d*</a>', report)
