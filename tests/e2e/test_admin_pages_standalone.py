@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -349,6 +350,8 @@ def test_sync_now_triggers_with_the_picked_schools_and_a_disabled_portal_says_so
     )
     assert run["conf"]["mode"] == "full" and run["conf"]["auto_commit"] is True
     assert run["triggering_user_name"] == "eve"
+    shown = setup.as_("eve").get(started.headers["location"]).text
+    assert f'href="/dags/sis_sync__triggered/runs/{quote(run["dag_run_id"], safe="")}"' in shown
     setup.af.wait_for_run("sis_sync__triggered", run["dag_run_id"])
     status = setup.as_("eve").get(base)
     assert "School" in status.text  # the schools are offered by name once the LMS has them

@@ -208,7 +208,14 @@ def status_page(
         can_edit=_allowed(user, dag_id, "PUT"),
         can_trigger=_allowed(user, dag_id, "POST", DagAccessEntity.RUN),
         can_decide=_may_decide(user, portal),
+        started=_started_run(request, dag_id),
     )
+
+
+def _started_run(request: Request, dag_id: str) -> dict[str, str] | None:
+    """The run that Sync now just started, with its page in Airflow."""
+    run_id = request.query_params.get("started")
+    return {"id": run_id, "url": _airflow_run_url(dag_id, run_id)} if run_id else None
 
 
 @app.get("/portals/{dag_id}/history", response_class=HTMLResponse, dependencies=[Read])
@@ -442,7 +449,7 @@ def sync_now(
         return _back(back, "The portal is disabled: enable it first, then sync.", error=True)
     conf = _sync_conf(portal, form)
     run_id = airflow_side.trigger(session, request, user, dag_id, conf)
-    return _back(back, f"Sync started: Airflow run {run_id}.")
+    return _back(f"{back}?{urlencode({'started': run_id})}", f"Sync started: Airflow run {run_id}.")
 
 
 @app.post(
