@@ -11,7 +11,6 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import (
@@ -29,6 +28,7 @@ from airflow.timetables.trigger import CronTriggerTimetable
 
 from include.sis_sync import notifications, pipeline
 from include.sis_sync.config import SINCE_PROVIDERS, Portal, PortalConfigError
+from include.sis_sync.links import airflow_run_url
 from include.sis_sync.lms.db import SchemaOutOfDate, url_from_connection
 from include.sis_sync.providers.clever import CleverAuthError
 from include.sis_sync.providers.oneroster_csv import DropError
@@ -154,7 +154,7 @@ def run_link(context: dict[str, Any]) -> str | None:
     if not base:
         return None
     dag_run = context["dag_run"]
-    return f"{base}/dags/{dag_run.dag_id}/runs/{quote(dag_run.run_id, safe='')}"
+    return airflow_run_url(dag_run.dag_id, dag_run.run_id, base)
 
 
 def stage(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from include.sis_sync.config import Portal
 from include.sis_sync.diff import ACTIONS
+from include.sis_sync.links import report_url
 from include.sis_sync.report import build_report
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def message_for(
     if event is None:
         return None
     report = build_report(engine, run_id)
-    link = f"{ui_base.rstrip('/')}/sis-sync/portals/{portal.dag_id}/runs/{run_id}"
+    link = report_url(portal.dag_id, run_id, ui_base)
     totals = {a: sum(c.get(a, 0) for c in report["counts"].values()) for a in ACTIONS}
     counted = ", ".join(f"{n} {a}" for a, n in totals.items() if n) or "no changes"
     lines = [

@@ -17,6 +17,7 @@ from include.sis_sync import guards, model
 from include.sis_sync.context import PROVIDER_KEYS, RunContext, log, timed
 from include.sis_sync.diff import DiffInput, diff_snapshot
 from include.sis_sync.extract import DropRefused, drop_date_for, extract, wait_for_drop
+from include.sis_sync.links import report_url
 from include.sis_sync.lms import commit as lms_commit
 from include.sis_sync.lms.db import check_schema
 from include.sis_sync.lms.store import active_keys, read_all_current, read_current
@@ -400,7 +401,7 @@ def approval_body(
             f"Only the portal's approvers may approve: {', '.join(ctx.portal.approvers)}.",
         ]
     lines += ["", "Approve to apply these changes to the LMS; Reject to discard them."]
-    report = f"{ui_base.rstrip('/')}/sis-sync/portals/{ctx.portal.dag_id}/runs/{run_id}"
+    report = report_url(ctx.portal.dag_id, run_id, ui_base)
     lines += [
         "",
         f"[Review the actions in the sync report]({report}): untick what must not reach the "

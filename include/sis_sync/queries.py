@@ -19,7 +19,7 @@ from include.sis_sync import model
 from include.sis_sync.diff import ACTION_COLUMNS, ACTIONS, count_label
 from include.sis_sync.lms import schema
 from include.sis_sync.report import action_counts
-from include.sis_sync.runs import APPROVED, AWAITING_APPROVAL, PREPARING, as_utc, now
+from include.sis_sync.runs import APPROVED, AWAITING_APPROVAL, IN_FLIGHT, as_utc, now
 
 PAGE_SIZE = 50
 COUNT_LIMIT = 1000  # a filtered list counts this far, then says "more"
@@ -120,7 +120,7 @@ def run_view(row: dict[str, Any]) -> dict[str, Any]:
     view["counts"] = counts
     view["kind"] = f"{row.get('ran_as') or row['mode']}, {row['trigger']}"
     view["schools"] = json.loads(row["schools"]) if row.get("schools") else None
-    view["in_flight"] = row["status"] in (*PREPARING, AWAITING_APPROVAL, APPROVED)
+    view["in_flight"] = row["status"] in IN_FLIGHT
     started = row.get("created_at")
     if view["in_flight"] and started is not None:
         view["elapsed_seconds"] = int((now() - as_utc(started)).total_seconds())
@@ -167,7 +167,7 @@ def last_decided_run(engine: sa.Engine, portal_id: str) -> dict[str, Any] | None
                 _run_select()
                 .where(
                     runs.c.portal_id == portal_id,
-                    runs.c.status.not_in([*PREPARING, AWAITING_APPROVAL, APPROVED]),
+                    runs.c.status.not_in(IN_FLIGHT),
                 )
                 .order_by(runs.c.id.desc())
                 .limit(1)
@@ -186,7 +186,7 @@ def in_flight_runs(engine: sa.Engine, portal_id: str) -> list[dict[str, Any]]:
             _run_select()
             .where(
                 runs.c.portal_id == portal_id,
-                runs.c.status.in_([*PREPARING, AWAITING_APPROVAL, APPROVED]),
+                runs.c.status.in_(IN_FLIGHT),
             )
             .order_by(runs.c.id.desc())
         ).mappings()
@@ -337,23 +337,35 @@ def action_links(
     if table is None or entity not in ("user_organizations", "enrollments") or not rows:
         return {}
     other = "section_key" if entity == "enrollments" else "organization_key"
-    keys = [r["sis_key"] for r in rows]
+    users = schema.LMS_TABLES["users"]
+    other_table = schema.LMS_TABLES["sections" if other == "section_key" else "organizations"]
+    user_name = sa.func.trim(
+        sa.func.coalesce(users.c.given_name, "") + " " + sa.func.coalesce(users.c.family_name, "")
+    )
     with engine.connect() as conn:
+        providers = _providers(conn, portal_id)
+        columns = (table.c.user_key, table.c[other], table.c.role)
+        keys = [r["sis_key"] for r in rows]
         links = {
-            r["sis_key"]: dict(r)
-            for r in conn.execute(
-                sa.select(table.c.sis_key, table.c.user_key, table.c[other], table.c.role).where(
-                    table.c.portal_id == portal_id,
-                    table.c.sis_provider.in_(_providers(conn, portal_id)),
-                    table.c.sis_key.in_(keys),
-                )
-            ).mappings()
+            key: {"user_key": user, "other_key": other_key, "role": role}
+            for key, (user, other_key, role) in _by_key(
+                conn, table, columns, portal_id, providers, keys
+            ).items()
         }
-        names = _names(conn, portal_id, links.values(), other)
+        user_names = _by_key(
+            conn, users, (user_name,), portal_id, providers, {v["user_key"] for v in links.values()}
+        )
+        other_names = _by_key(
+            conn,
+            other_table,
+            (other_table.c.name,),
+            portal_id,
+            providers,
+            {v["other_key"] for v in links.values()},
+        )
     for link in links.values():
-        link["user_name"] = names["users"].get(link["user_key"])
-        link["other_key"] = link[other]
-        link["other_name"] = names["other"].get(link[other])
+        link["user_name"] = (user_names.get(link["user_key"]) or (None,))[0]
+        link["other_name"] = (other_names.get(link["other_key"]) or (None,))[0]
     return links
 
 
@@ -366,35 +378,23 @@ def _providers(conn: sa.Connection, portal_id: str) -> list[str]:
     return list(found)
 
 
-def _names(
-    conn: sa.Connection, portal_id: str, links: Iterable[dict[str, Any]], other: str
-) -> dict[str, dict[str, str]]:
-    links = list(links)
-    users = schema.LMS_TABLES["users"]
-    other_table = schema.LMS_TABLES["sections" if other == "section_key" else "organizations"]
-    user_keys = {link["user_key"] for link in links}
-    other_keys = {link[other] for link in links}
-    providers = _providers(conn, portal_id)
-    given = sa.func.coalesce(users.c.given_name, "")
-    family = sa.func.coalesce(users.c.family_name, "")
-    user_names = conn.execute(
-        sa.select(users.c.sis_key, given, family).where(
-            users.c.portal_id == portal_id,
-            users.c.sis_provider.in_(providers),
-            users.c.sis_key.in_(user_keys),
+def _by_key(
+    conn: sa.Connection,
+    table: sa.Table,
+    columns: tuple[sa.ColumnElement[Any], ...],
+    portal_id: str,
+    providers: list[str],
+    keys: Iterable[str],
+) -> dict[str, tuple[Any, ...]]:
+    """``columns`` of the portal's LMS rows with these SIS keys, by key (on the unique index)."""
+    found = conn.execute(
+        sa.select(table.c.sis_key, *columns).where(
+            table.c.portal_id == portal_id,
+            table.c.sis_provider.in_(providers),
+            table.c.sis_key.in_(list(keys)),
         )
     ).all()
-    other_names = conn.execute(
-        sa.select(other_table.c.sis_key, other_table.c.name).where(
-            other_table.c.portal_id == portal_id,
-            other_table.c.sis_provider.in_(providers),
-            other_table.c.sis_key.in_(other_keys),
-        )
-    ).all()
-    return {
-        "users": {k: f"{g} {f}".strip() for k, g, f in user_names},
-        "other": {k: n for k, n in other_names},
-    }
+    return {row[0]: tuple(row[1:]) for row in found}
 
 
 def action_kinds(engine: sa.Engine, run_id: int, entity: str, action: str) -> list[str]:
@@ -410,18 +410,21 @@ def action_kinds(engine: sa.Engine, run_id: int, entity: str, action: str) -> li
 
 
 def schools(engine: sa.Engine, portal_id: str) -> list[dict[str, str]]:
-    """The portal's schools in the LMS, by name: what a school filter or picker offers."""
+    """The portal's active schools in the LMS, by name: what a school filter or picker offers."""
     orgs = schema.LMS_TABLES["organizations"]
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(orgs.c.sis_key, orgs.c.name, orgs.c.slug, orgs.c.archived_at)
-            .where(orgs.c.portal_id == portal_id, orgs.c.kind == "school")
+            sa.select(orgs.c.sis_key, orgs.c.name, orgs.c.slug)
+            .where(
+                orgs.c.portal_id == portal_id,
+                orgs.c.kind == "school",
+                orgs.c.archived_at.is_(None),
+            )
             .order_by(orgs.c.name, orgs.c.sis_key)
         ).mappings()
         return [
             {"sis_key": r["sis_key"], "name": r["name"] or r["sis_key"], "slug": r["slug"]}
             for r in rows
-            if r["archived_at"] is None
         ]
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 from airflow.models.dag import DagModel
-from airflow.models.dagrun import DagRun
 from airflow.models.hitl import HITLDetail
 from airflow.models.taskinstance import TaskInstance
 from fastapi import Request
@@ -122,10 +121,3 @@ def set_paused(session: Session, dag_id: str, paused: bool) -> None:
     if dag is None:
         raise LookupError(f"DAG {dag_id} is not known to Airflow (yet)")
     dag.is_paused = paused
-
-
-def run_state(session: Session, dag_id: str, airflow_run_id: str) -> str | None:
-    state = session.execute(
-        select(DagRun.state).where(DagRun.dag_id == dag_id, DagRun.run_id == airflow_run_id)
-    ).scalar()
-    return str(state) if state is not None else None

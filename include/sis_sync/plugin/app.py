@@ -27,6 +27,8 @@ from starlette.datastructures import FormData
 from include.sis_sync import queries
 from include.sis_sync.config import SINCE_PROVIDERS, Portal, load_portals
 from include.sis_sync.diff import ACTIONS
+from include.sis_sync.links import ADMIN_ROOT as ROOT
+from include.sis_sync.links import airflow_run_url, report_url
 from include.sis_sync.plugin import airflow_side, csrf
 from include.sis_sync.plugin.views import render
 from include.sis_sync.report import build_report, decision_line, ordered_labels
@@ -34,7 +36,6 @@ from include.sis_sync.runs import AWAITING_APPROVAL, RunClosed
 from include.sis_sync.staging import SELECTABLE, save_page_selection, set_selected_where
 
 log = logging.getLogger(__name__)
-ROOT = "/sis-sync"
 ENTITY_TITLES = {
     "organizations": "organizations",
     "terms": "terms",
@@ -215,7 +216,7 @@ def status_page(
 def _started_run(request: Request, dag_id: str) -> dict[str, str] | None:
     """The run that Sync now just started, with its page in Airflow."""
     run_id = request.query_params.get("started")
-    return {"id": run_id, "url": _airflow_run_url(dag_id, run_id)} if run_id else None
+    return {"id": run_id, "url": airflow_run_url(dag_id, run_id)} if run_id else None
 
 
 @app.get("/portals/{dag_id}/history", response_class=HTMLResponse, dependencies=[Read])
@@ -262,7 +263,7 @@ def report_page(
         if answer and answer.answered
         else None,
         decide=waiting and _may_decide(user, portal),
-        airflow_run_url=_airflow_run_url(dag_id, run["airflow_run_id"]),
+        airflow_run_url=airflow_run_url(dag_id, run["airflow_run_id"]),
     )
 
 
@@ -325,7 +326,7 @@ def airflow_run_report(dag_id: str, airflow_run_id: str) -> RedirectResponse:
     run_id = run_of_airflow_run(_engine(), dag_id, airflow_run_id)
     if run_id is None:
         raise HTTPException(404, f"DAG run {airflow_run_id} has not opened a sync (yet)")
-    return RedirectResponse(f"{ROOT}/portals/{dag_id}/runs/{run_id}", status_code=303)
+    return RedirectResponse(report_url(dag_id, run_id), status_code=303)
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,7 +403,7 @@ def decide(
     option = str(form.get("answer") or "")
     if option not in ("Approve", "Reject"):
         raise HTTPException(400, "the answer must be Approve (commit) or Reject")
-    return _decide(session, user, portal, run, option, f"{ROOT}/portals/{dag_id}/runs/{run_id}")
+    return _decide(session, user, portal, run, option, report_url(dag_id, run_id))
 
 
 def _decide(
@@ -558,9 +559,3 @@ def _ids(values: list[Any]) -> list[int]:
 
 def _text(value: Any) -> str | None:
     return str(value).strip() or None if value is not None else None
-
-
-def _airflow_run_url(dag_id: str, airflow_run_id: str) -> str:
-    from urllib.parse import quote
-
-    return f"/dags/{quote(dag_id)}/runs/{quote(airflow_run_id, safe='')}"
