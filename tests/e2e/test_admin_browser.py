@@ -53,7 +53,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Standalo
         portals,
         id=PORTAL,
         name="Riverside District",
-        source={"path": f"{root / 'drops' / PORTAL}/{{date}}"},
+        source={"provider": "oneroster_csv", "path": f"{root / 'drops' / PORTAL}/{{date}}"},
         auto_commit=False,
     )
     write_drop(generate_district("demo"), root / "drops" / PORTAL / "2026-09-01")
@@ -166,7 +166,9 @@ def test_an_admin_reviews_unticks_commits_then_rejects(
     assert "skipped: unticked" in row.inner_text()
     _shot(page, "05-action-list-committed")
     frame.get_by_role("link", name=re.compile(r"^Sync \d+$")).click()
-    frame.get_by_text("Committed").first.wait_for()
+    # The action list says "committed" too: wait for the report's own heading, not a word.
+    frame.get_by_role("heading", name=re.compile(r"^Sync \d+ committed$", re.I)).wait_for()
+    frame.get_by_role("heading", name=re.compile(r"^Guards")).wait_for()
     assert "approved by eve" in frame.locator("body").inner_text()
     _shot(page, "06-report-committed")
     (row_of_first,) = [r for r in run_rows(f"sqlite:///{lms}") if r["airflow_run_id"] == first]
