@@ -1,21 +1,27 @@
 """OneRoster 1.1 REST client: the rostering collections, with paging, OAuth and retries.
 
-Plain Python on ``requests`` (no Airflow import); the Airflow hook only builds one of these from
-a connection (base URL as host, client id as login, client secret as password).
+Plain Python (no Airflow import) on the shared HTTP base
+(:class:`include.sis_sync.providers.http.RestClient`: one ``requests`` session, retries with
+``tenacity``, failures and JSON bodies read the same way as the Clever client's) and on
+``oauthlib``/``requests-oauthlib`` for OAuth; the Airflow hook only builds one of these from a
+connection (base URL as host, client id as login, client secret as password).
 
 - **Base URL.** The server's URL up to ``/ims/oneroster/v1p1`` (tolerated at the end, and any
   path before it is kept: ``https://host/district`` reads ``https://host/district/ims/...``).
-- **OAuth 2** (``auth="oauth2"``, the default): client credentials. ``POST token_url`` with
-  HTTP Basic client id/secret and ``grant_type=client_credentials`` (plus ``scope`` when
-  given); ``token_url`` defaults to ``<base URL>/oauth/token``. The token is cached until
-  ``min(60 s, expires_in / 10)`` before it expires (``expires_in`` missing: one hour). A 401
-  from the API drops the token and retries the request once with a fresh one; a second 401,
-  a 403 or a token endpoint refusing the client raise ``OneRosterAuthError``.
+- **OAuth 2** (``auth="oauth2"``, the default): client credentials with oauthlib's
+  ``BackendApplicationClient``: ``POST token_url`` with HTTP Basic client id/secret and
+  ``grant_type=client_credentials`` (plus ``scope`` when given), through the same session and
+  retries as the API calls; ``token_url`` defaults to ``<base URL>/oauth/token``. The answer
+  is checked by oauthlib (an ``error``, a missing ``access_token``). The token is cached until
+  ``min(60 s, expires_in / 10)`` before it expires (``expires_in`` missing: one hour), asked
+  for on every request (``BearerAuth``), so a renewal falls between retries too. A 401 from
+  the API drops the token and retries the request once with a fresh one; a second 401, a 403
+  or a token endpoint refusing the client (400/401/403) raise ``OneRosterAuthError`` at once.
 - **OAuth 1.0a** (``auth="oauth1"``, as ClassLink uses): no token; every request (every retry
-  too) is signed with HMAC-SHA256 per RFC 5849 using the client id as consumer key and the
-  secret as consumer secret (key ``<secret>&``), the parameters in the ``Authorization: OAuth``
-  header. The signing is written here, independently of oauthlib (which the local server uses
-  to verify). A 401 raises ``OneRosterAuthError`` at once.
+  too) is signed by ``requests_oauthlib.OAuth1`` (the base's ``oauth1_signer``) with
+  HMAC-SHA256, the client id as consumer key and the secret as consumer secret, a fresh nonce
+  and a timestamp from the injected ``clock``, the parameters in the ``Authorization: OAuth``
+  header. A 401 or 403 raises ``OneRosterAuthError`` at once.
 - **Paging.** ``limit``/``offset``; the next offset is the previous one plus the rows the page
   held (so a server sending more rows than asked is followed at its own page size, logged
   once). The read ends on an empty page, or: with ``X-Total-Count``, when that many rows have
@@ -24,32 +30,33 @@ a connection (base URL as host, client id as login, client secret as password).
   (``limit``, or the server's when it sent more). The Link URLs themselves are not followed.
   A page whose ``sourcedId``\\ s were all read already means the server ignores ``offset``:
   ``OneRosterPagingError`` rather than loop; a row seen twice on an otherwise new page (the
-  list shifted under the reader) is yielded once and logged.
-- **Retries.** 429 waits ``Retry-After`` (seconds or an HTTP date; at most 120 s), else the
-  backoff; 500/502/503/504 and connection errors back off ``backoff * 2**attempt`` (at most
-  60 s). Both bounded by ``max_retries``. Other 4xx raise ``OneRosterError`` naming the
-  method, path, status and the server's imsx description and code.
+  list shifted under the reader) is yielded once and logged (the base's ``PageGuard``).
+- **Retries** (the base's). 429 waits ``Retry-After`` (seconds or an HTTP date), or until
+  ``X-RateLimit-Reset`` when the server sends one, else the backoff, at most 120 s;
+  500/502/503/504 and connection errors (timeouts, broken chunked bodies) back off
+  ``backoff * 2**attempt`` (at most 60 s). Both bounded by ``max_retries``; the token
+  endpoint is retried the same way.
+- **Failures.** Other 4xx raise ``OneRosterError`` naming the method, path, status and the
+  server's imsx description and code. A 200 that is not a JSON object is reported by its
+  status, content type, size and the JSON decoder's complaint, never by its content.
 - Messages never hold the client secret or a token; they go only into headers.
 """
 
 from __future__ import annotations
 
-import base64
-import email.utils
-import hashlib
-import hmac
 import logging
-import re
-import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
+from oauthlib.oauth2 import BackendApplicationClient, OAuth2Error
+from requests.auth import HTTPBasicAuth
 
-from include.sis_sync.providers.errors import SISRequestError
+from include.sis_sync.providers.errors import SISAuthError, SISRequestError
+from include.sis_sync.providers.http import BearerAuth, PageGuard, RestClient, oauth1_signer
 
 __all__ = [
     "API_PATH",
@@ -65,36 +72,14 @@ log = logging.getLogger(__name__)
 
 API_PATH = "/ims/oneroster/v1p1"
 COLLECTIONS = ("orgs", "academicSessions", "courses", "classes", "users", "enrollments")
-RETRY_STATUSES = frozenset({500, 502, 503, 504})
-MAX_BACKOFF = 60.0
-MAX_RATE_LIMIT_WAIT = 120.0
 DEFAULT_EXPIRES_IN = 3600
-_RETRY_EXCEPTIONS = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-)
-_LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
-_REL = re.compile(r'rel\s*=\s*"?([^";]+)"?', re.I)
 
 
 class OneRosterError(SISRequestError):
     """A OneRoster request that failed; ``code`` is the imsx codeMinor when the server sent one."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        method: str | None = None,
-        path: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message, status=status, method=method, path=path)
-        self.code = code
 
-
-class OneRosterAuthError(OneRosterError):
+class OneRosterAuthError(OneRosterError, SISAuthError):
     """The server refused the client's credentials or token; never shows the secret."""
 
 
@@ -112,11 +97,6 @@ def modified_since_filter(since: datetime | str, *, inclusive: bool = False) -> 
             text += f".{moment.microsecond // 1000:03d}"
         since = text + "Z"
     return f"dateLastModified{'>=' if inclusive else '>'}'{since}'"
-
-
-def _pct(value: str) -> str:
-    """RFC 5849 section 3.6 percent-encoding (unreserved characters kept)."""
-    return quote(value.encode("utf-8"), safe="-._~")
 
 
 def imsx_details(response: requests.Response) -> tuple[str, str]:
@@ -150,12 +130,19 @@ def imsx_details(response: requests.Response) -> tuple[str, str]:
     return str(description)[:300], code[:100]
 
 
-class OneRosterClient:
+class OneRosterClient(RestClient):
     """Reads the rostering collections of a OneRoster 1.1 REST server.
 
     ``sleep`` and ``clock`` are injectable so tests never really wait; ``clock`` also dates
     OAuth 1.0a signatures and token expiry.
     """
+
+    provider = "OneRoster"
+    error = OneRosterError
+    auth_error = OneRosterAuthError
+    paging_error = OneRosterPagingError
+    api_prefix = API_PATH
+    non_json_hint = "check that the base URL is the OneRoster server's"
 
     def __init__(
         self,
@@ -180,33 +167,23 @@ class OneRosterClient:
             raise ValueError(f"auth must be 'oauth2' or 'oauth1', got {auth!r}")
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        if max_retries < 0:
-            raise ValueError("max_retries must not be negative")
-        base = base_url.rstrip("/")
-        if base.endswith(API_PATH):
-            base = base[: -len(API_PATH)]
-        parts = urlsplit(base)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
         if token_url is not None and urlsplit(token_url).scheme not in ("http", "https"):
             raise ValueError(f"token_url must be an http(s) URL, got {token_url!r}")
-        self.base_url = base
-        self.api_url = base + API_PATH
+        super().__init__(base_url, max_retries, backoff, timeout, session, sleep, clock)
+        self.api_url = self.base_url + API_PATH
         self.client_id = client_id
         self.auth = auth
-        self.token_url = token_url or f"{base}/oauth/token"
+        self.token_url = token_url or f"{self.base_url}/oauth/token"
         self.scope = scope
         self.limit = limit
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.timeout = timeout
         self._secret = client_secret
-        self._own_session = session is None
-        self._session = session if session is not None else requests.Session()
-        self._sleep = sleep
-        self._clock = clock
         self._token: str | None = None
         self._token_renew_at = 0.0
+        self._signer: requests.auth.AuthBase = (
+            oauth1_signer(client_id, client_secret, clock=clock)
+            if auth == "oauth1"
+            else BearerAuth(self._access_token)
+        )
 
     def __repr__(self) -> str:
         return (
@@ -214,99 +191,89 @@ class OneRosterClient:
             f"auth={self.auth!r}, limit={self.limit})"
         )
 
-    def close(self) -> None:
-        """Close the HTTP session if the client created it."""
-        if self._own_session:
-            self._session.close()
+    # -- what the base asks of a provider --------------------------------------------------
 
-    def __enter__(self) -> OneRosterClient:
-        return self
+    def error_details(self, response: requests.Response) -> tuple[str, str]:
+        return imsx_details(response)
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def auth_failure(
+        self, status: int, method: str, path: str, code: str, detail: str
+    ) -> OneRosterAuthError:
+        if self.auth == "oauth1":
+            what = f"the OAuth 1.0a signature of client id {self.client_id!r}"
+        elif status == 401:  # a first 401 has dropped the token: this one refused the new one
+            what = "a freshly issued access token"
+        else:
+            what = "the access token"
+        return OneRosterAuthError(
+            f"OneRoster refused {what} for {method} {path} (HTTP {status}"
+            + (f" {code}" if code else "")
+            + (f": {detail}" if detail else "")
+            + "): check the client id and secret, the auth method and the client's "
+            "access to this endpoint",
+            status=status,
+            method=method,
+            path=path,
+            code=code or None,
+        )
 
-    # -- messages --------------------------------------------------------------------------
+    def secrets(self) -> Iterable[str | None]:
+        return (self._secret, self._token)
 
-    def _redact(self, text: str) -> str:
-        """``text`` without the secret or the current token, should a server echo them."""
-        for secret in (self._secret, self._token):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
-
-    # -- OAuth -----------------------------------------------------------------------------
-
-    def _oauth1_header(self, method: str, url: str, params: list[tuple[str, str]]) -> str:
-        """The ``Authorization: OAuth ...`` header signing ``method url?params`` (RFC 5849)."""
-        oauth = [
-            ("oauth_consumer_key", self.client_id),
-            ("oauth_nonce", secrets.token_hex(16)),
-            ("oauth_signature_method", "HMAC-SHA256"),
-            ("oauth_timestamp", str(int(self._clock()))),
-            ("oauth_version", "1.0"),
-        ]
-        parts = urlsplit(url)
-        scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
-        if ":" in host:
-            host = f"[{host}]"
-        port = parts.port
-        if port is not None and (scheme, port) not in (("http", 80), ("https", 443)):
-            host = f"{host}:{port}"
-        base_uri = urlunsplit((scheme, host, parts.path or "/", "", ""))
-        pairs = sorted((_pct(k), _pct(v)) for k, v in [*params, *oauth])
-        normalized = "&".join(f"{k}={v}" for k, v in pairs)
-        base_string = "&".join((_pct(method.upper()), _pct(base_uri), _pct(normalized)))
-        key = f"{_pct(self._secret)}&".encode()
-        digest = hmac.new(key, base_string.encode("utf-8"), hashlib.sha256).digest()
-        signature = base64.b64encode(digest).decode("ascii")
-        fields = [*oauth, ("oauth_signature", signature)]
-        return "OAuth " + ", ".join(f'{_pct(k)}="{_pct(v)}"' for k, v in fields)
+    # -- OAuth 2 ---------------------------------------------------------------------------
 
     def _access_token(self) -> str:
+        """The cached access token, or a new one from the token endpoint."""
         if self._token is not None and self._clock() < self._token_renew_at:
             return self._token
         self._token = None
-        form = {"grant_type": "client_credentials"}
-        if self.scope:
-            form["scope"] = self.scope
+        oauth = BackendApplicationClient(client_id=self.client_id)
         path = urlsplit(self.token_url).path or "/"
-        response = self._send(
+        response = self.send(
             "POST",
+            self.token_url,
             path,
-            lambda: self._session.post(
-                self.token_url,
-                data=form,
-                auth=(self.client_id, self._secret),
-                headers={"Accept": "application/json"},
-                timeout=self.timeout,
-            ),
+            data=oauth.prepare_request_body(scope=self.scope),
+            headers={
+                "Accept": "application/json",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+            auth=HTTPBasicAuth(self.client_id, self._secret),
         )
         if response.status_code != 200:
             description, code = imsx_details(response)
-            detail = self._redact(f"{code}: {description}" if code else description)
-            message = (
-                f"the OneRoster token endpoint {self.token_url} refused client id "
-                f"{self.client_id!r} (HTTP {response.status_code}"
-                + (f" {detail}" if detail else "")
-                + "): check the client id, client secret, token URL and scope"
-            )
+            detail = self.redact(f"{code}: {description}" if code else description)
             error = (
                 OneRosterAuthError if response.status_code in (400, 401, 403) else OneRosterError
             )
             raise error(
-                message, status=response.status_code, method="POST", path=path, code=code or None
+                f"the OneRoster token endpoint {self.token_url} refused client id "
+                f"{self.client_id!r} (HTTP {response.status_code}"
+                + (f" {detail}" if detail else "")
+                + "): check the client id, client secret, token URL and scope",
+                status=response.status_code,
+                method="POST",
+                path=path,
+                code=code or None,
             )
+        body = self.decode_json(response, "POST", path)
         try:
-            body = response.json()
-        except ValueError:
-            body = None
-        token = body.get("access_token") if isinstance(body, dict) else None
+            granted = oauth.parse_request_body_response(response.text, scope=self.scope)
+        except Warning as changed:  # another scope than asked: the API says if it matters
+            granted = changed.token  # type: ignore[attr-defined]
+            log.warning("OneRoster token endpoint: %s", changed)
+        except (OAuth2Error, ValueError, TypeError) as exc:
+            granted = {"error": getattr(exc, "error", None) or type(exc).__name__}
+        token = granted.get("access_token")
         if not isinstance(token, str) or not token:
+            reason = granted.get("error")
             raise OneRosterAuthError(
-                f"the OneRoster token endpoint {self.token_url} answered without an access_token",
+                f"the OneRoster token endpoint {self.token_url} answered without an access_token"
+                + (f" ({reason})" if reason else ""),
                 status=200,
                 method="POST",
                 path=path,
+                code=reason or None,
             )
         try:
             expires_in = float(body.get("expires_in") or DEFAULT_EXPIRES_IN)
@@ -318,149 +285,21 @@ class OneRosterClient:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def _backoff(self, attempt: int) -> float:
-        return min(self.backoff * (2**attempt), MAX_BACKOFF)
-
-    def _retry_after(self, response: requests.Response, attempt: int) -> float:
-        raw = (response.headers.get("Retry-After") or "").strip()
-        wait: float | None = None
-        if raw:
-            try:
-                wait = float(raw)
-            except ValueError:
-                try:
-                    when = email.utils.parsedate_to_datetime(raw)
-                    wait = when.timestamp() - self._clock()
-                except (TypeError, ValueError):
-                    wait = None
-        if wait is None or wait < 0:
-            wait = self._backoff(attempt)
-        return min(wait, MAX_RATE_LIMIT_WAIT)
-
-    def _send(
-        self, method: str, path: str, make: Callable[[], requests.Response]
-    ) -> requests.Response:
-        """``make()`` with retries of connection errors, 429 and 5xx; any other response."""
-        attempt = 0
-        while True:
-            try:
-                response = make()
-            except _RETRY_EXCEPTIONS as exc:
-                if attempt >= self.max_retries:
-                    raise OneRosterError(
-                        f"could not reach the OneRoster server for {method} {path} after "
-                        f"{attempt + 1} attempts ({type(exc).__name__})",
-                        method=method,
-                        path=path,
-                    ) from exc
-                wait = self._backoff(attempt)
-                reason = type(exc).__name__
-            else:
-                status = response.status_code
-                if status != 429 and status not in RETRY_STATUSES:
-                    return response
-                if attempt >= self.max_retries:
-                    description, code = imsx_details(response)
-                    what = "rate limited (429)" if status == 429 else f"HTTP {status}"
-                    raise OneRosterError(
-                        f"OneRoster answered {what} for {method} {path} on all "
-                        f"{attempt + 1} attempts"
-                        + (f": {self._redact(description)}" if description else ""),
-                        status=status,
-                        method=method,
-                        path=path,
-                        code=code or None,
-                    )
-                if status == 429:
-                    wait = self._retry_after(response, attempt)
-                else:
-                    wait = self._backoff(attempt)
-                reason = f"HTTP {status}"
-                response.close()
-            log.warning(
-                "OneRoster %s %s failed (%s); retry %d/%d in %.1fs",
-                method,
-                path,
-                reason,
-                attempt + 1,
-                self.max_retries,
-                wait,
-            )
-            self._sleep(wait)
-            attempt += 1
-
     def get(self, path: str, params: list[tuple[str, str]] | None = None) -> requests.Response:
         """GET ``API_PATH + path`` with authentication and retries; the 200 response."""
         path = "/" + path.lstrip("/")
-        full_path = API_PATH + path
-        params = [(str(k), str(v)) for k, v in (params or [])]
-        url = self.api_url + path
-        if params:
-            url += "?" + "&".join(f"{_pct(k)}={_pct(v)}" for k, v in params)
-        refreshed = False
-        while True:
-
-            def make() -> requests.Response:
-                headers = {"Accept": "application/json"}
-                if self.auth == "oauth1":
-                    headers["Authorization"] = self._oauth1_header("GET", url, params)
-                else:
-                    headers["Authorization"] = f"Bearer {self._access_token()}"
-                return self._session.get(url, headers=headers, timeout=self.timeout)
-
-            response = self._send("GET", full_path, make)
-            status = response.status_code
-            if status == 200:
-                return response
-            description, code = imsx_details(response)
-            detail = self._redact(description)
-            if status == 401 and self.auth == "oauth2" and not refreshed:
-                log.info("OneRoster GET %s: access token refused; fetching a new one", full_path)
-                self._token = None
-                refreshed = True
-                continue
-            if status in (401, 403):
-                what = (
-                    "a freshly issued access token"
-                    if self.auth == "oauth2"
-                    else f"the OAuth 1.0a signature of client id {self.client_id!r}"
-                )
-                raise OneRosterAuthError(
-                    f"OneRoster refused {what} for GET {full_path} (HTTP {status}"
-                    + (f" {code}" if code else "")
-                    + (f": {detail}" if detail else "")
-                    + "): check the client id and secret, the auth method and the client's "
-                    "access to this endpoint",
-                    status=status,
-                    method="GET",
-                    path=full_path,
-                    code=code or None,
-                )
-            raise OneRosterError(
-                f"OneRoster answered HTTP {status} for GET {full_path}"
-                + (f" ({code})" if code else "")
-                + (f": {detail}" if detail else ""),
-                status=status,
-                method="GET",
-                path=full_path,
-                code=code or None,
-            )
-
-    @staticmethod
-    def _json(response: requests.Response, path: str) -> dict[str, Any]:
-        try:
-            body = response.json()
-        except ValueError:
-            kind = response.headers.get("Content-Type", "unknown content")
-            raise OneRosterError(
-                f"OneRoster answered GET {path} with {kind}, not JSON",
-                status=response.status_code,
-                method="GET",
-                path=path,
-            ) from None
-        if not isinstance(body, dict):
-            raise OneRosterError(f"OneRoster answered GET {path} with JSON that is not an object")
-        return body
+        url, full_path = self.resolve(API_PATH + path)
+        options = {
+            "params": [(str(k), str(v)) for k, v in (params or [])],
+            "headers": {"Accept": "application/json"},
+            "auth": self._signer,
+        }
+        response = self.send("GET", url, full_path, **options)
+        if response.status_code == 401 and self.auth == "oauth2":
+            log.info("OneRoster GET %s: access token refused; fetching a new one", full_path)
+            self._token = None
+            response = self.send("GET", url, full_path, **options)
+        return self.checked(response, "GET", full_path)
 
     @staticmethod
     def _links(response: requests.Response) -> set[str] | None:
@@ -468,11 +307,11 @@ class OneRosterClient:
         header = response.headers.get("Link")
         if header is None:
             return None
-        rels: set[str] = set()
-        for match in _LINK.finditer(header):
-            for rel in _REL.findall(match.group(2)):
-                rels.update(rel.lower().split())
-        return rels
+        return {
+            rel.lower()
+            for link in requests.utils.parse_header_links(header)
+            for rel in str(link.get("rel") or "").split()
+        }
 
     @staticmethod
     def _total(response: requests.Response, path: str) -> int | None:
@@ -508,14 +347,14 @@ class OneRosterClient:
         kept = [(k, v) for k, v in extra if v]
         offset = 0
         page_size = self.limit
-        seen: set[str] = set()
+        guard = PageGuard(self, name, path, ascending=False)
         total: int | None = None
         adapted = False
         while True:
             response = self.get(
                 f"/{name}", [("limit", str(self.limit)), ("offset", str(offset)), *kept]
             )
-            body = self._json(response, path)
+            body = self.decode_json(response, "GET", path)
             rows = body.get(name)
             if not isinstance(rows, list):
                 raise OneRosterError(
@@ -543,14 +382,9 @@ class OneRosterClient:
                         path=path,
                     )
                 ids.append(sourced_id)
-            if all(i in seen for i in ids):
-                raise OneRosterPagingError(
-                    f"OneRoster sent the same {name} again at offset {offset} ({len(ids)} rows "
-                    "already read): the server seems to ignore offset; stopping rather than "
-                    "loop",
-                    method="GET",
-                    path=path,
-                )
+            fresh = guard.admit(
+                ids, where=f"at offset {offset}", why="the server seems to ignore offset"
+            )
             if len(rows) > page_size:
                 if not adapted:
                     log.warning(
@@ -562,13 +396,8 @@ class OneRosterClient:
                     )
                 adapted = True
                 page_size = len(rows)
-            duplicates = 0
-            for sourced_id, row in zip(ids, rows, strict=True):
-                if sourced_id in seen:
-                    duplicates += 1
-                    continue
-                seen.add(sourced_id)
-                yield row
+            yield from (row for row, new in zip(rows, fresh, strict=True) if new)
+            duplicates = fresh.count(False)
             if duplicates:
                 log.warning(
                     "OneRoster GET %s: %d %s at offset %d were already read (the list shifted "
@@ -587,14 +416,7 @@ class OneRosterClient:
                     break
             elif len(rows) < page_size:
                 break
-        if total is not None and len(seen) != total:
-            raise OneRosterPagingError(
-                f"OneRoster reported X-Total-Count {total} for {name} but {len(seen)} distinct "
-                "rows were read: the list changed while paging or the server pages "
-                "inconsistently; run the sync again",
-                method="GET",
-                path=path,
-            )
+        guard.check_total(total, "X-Total-Count")
 
     def orgs(self, **kw: Any) -> Iterator[dict[str, Any]]:
         return self.collection("orgs", **kw)
