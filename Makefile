@@ -1,6 +1,6 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
 SHELL := /bin/bash
-.PHONY: setup demo test test-fast lint format check ui backfill-demo bench clean
+.PHONY: setup demo test lint format check ui bench clean
 
 setup:            ## install into .venv, prepare Airflow and the LMS database
 	scripts/setup.sh

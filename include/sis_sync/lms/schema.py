@@ -61,7 +61,8 @@ runs = sa.Table(
     sa.Column("dag_id", sa.String(250), nullable=False),
     sa.Column("airflow_run_id", sa.String(250), nullable=False),
     # A whole DAG run cleared and run again is a new sync: attempt 2, 3, ... of that run.
-    sa.Column("attempt", sa.Integer, nullable=False, default=1),
+    # Migration 0002 gave the column a server default (rows of earlier runs are attempt 1).
+    sa.Column("attempt", sa.Integer, nullable=False, default=1, server_default="1"),
     sa.Column("stage", sa.String(32), nullable=True),  # the stage it is in, or last reached
     sa.Column("mode", sa.String(16), nullable=False),  # asked: full | quick
     sa.Column("ran_as", sa.String(16), nullable=True),  # what it really was: full | quick
