@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import gc
 import hashlib
 import json
@@ -44,6 +45,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from include.sis_sync import pipeline
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 DEFAULT_OUT = BENCH / "results"
@@ -51,10 +54,7 @@ DEFAULT_WORK = BENCH / ".work"
 DAY1, DAY2 = "2026-09-01", "2026-09-02"
 STAGES = (
     "start",
-    "extract",
-    "transform",
-    "validate_snapshot",
-    "diff",
+    *(prepare.__name__ for prepare in pipeline.PREPARE),
     "validate_changes",
     "gate",
     "commit",
@@ -393,17 +393,13 @@ def _plain_summary(value: Any) -> Any:
 
 def run_sync(bench: Bench, sync: str, ctx_for: Callable[[str, str], Any]) -> dict[str, Any]:
     """One sync through every stage; the day-2 diff baseline is measured right after its diff."""
-    from include.sis_sync import pipeline
-
     ctx = ctx_for(sync, SYNCS[sync])
     started = bench.stage(sync, "start", lambda: pipeline.start(ctx))
     run_id = started["run_id"]
     if started.get("locked_by") is not None:
         raise RuntimeError(f"portal is locked by run {started['locked_by']}")
-    bench.stage(sync, "extract", lambda: pipeline.extract(ctx, run_id))
-    bench.stage(sync, "transform", lambda: pipeline.transform(ctx, run_id))
-    bench.stage(sync, "validate_snapshot", lambda: pipeline.validate_snapshot(ctx, run_id))
-    bench.stage(sync, "diff", lambda: pipeline.diff(ctx, run_id))
+    for prepare in pipeline.PREPARE:
+        bench.stage(sync, prepare.__name__, functools.partial(prepare, ctx, run_id))
     if sync == "resync":
         bench.result["day2_diff_baseline"] = measure_read_baseline(ctx, run_id)
     checked = bench.stage(sync, "validate_changes", lambda: pipeline.validate_changes(ctx, run_id))
@@ -523,8 +519,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         {
             "id": f"bench_{args.preset}",
             "name": f"Benchmark ({args.preset})",
-            "provider": "oneroster_csv",
-            "source": {"path": str(work / "drops" / "{date}")},
+            "source": {"provider": "oneroster_csv", "path": str(work / "drops" / "{date}")},
             "auto_commit": True,
         }
     )

@@ -41,8 +41,7 @@ def portal_dict(**overrides: Any) -> dict[str, Any]:
         "id": "testportal",
         "name": "Test portal",
         "timezone": "UTC",
-        "provider": "oneroster_csv",
-        "source": {"path": "testportal/{date}"},
+        "source": {"provider": "oneroster_csv", "path": "testportal/{date}"},
         "auto_commit": True,
     }
     portal.update(overrides)
@@ -286,9 +285,7 @@ def run_whole_sync(ctx: Any) -> dict[str, Any]:
 
     run_id = pipeline.start(ctx)["run_id"]
     try:
-        extracted = pipeline.extract(ctx, run_id)
-        for stage in (pipeline.transform, pipeline.validate_snapshot, pipeline.diff):
-            stage(ctx, run_id)
+        extracted, *_ = [stage(ctx, run_id) for stage in pipeline.PREPARE]
         checks = pipeline.validate_changes(ctx, run_id)
         assert pipeline.gate(ctx, run_id, checks["tripped"]) == "commit"
         pipeline.commit(ctx, run_id)

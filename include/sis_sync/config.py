@@ -10,7 +10,7 @@ import os
 import re
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -20,10 +20,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
+
+from include.sis_sync.providers import registry
+from include.sis_sync.providers.base import Provider, SourceConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PORTALS_DIR = PROJECT_ROOT / "include" / "portals"
@@ -41,56 +44,6 @@ class PortalConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FileDropSource(_Strict):
-    """Where a OneRoster CSV portal finds its drops.
-
-    ``path`` is a folder or a ``.zip``; it may hold ``{date}`` (the drop date, ``YYYY-MM-DD``).
-    A relative path is taken from ``SIS_SYNC_DROPS_DIR``. A scheduled run whose dated drop
-    has not arrived waits for it up to ``wait_hours``, looking every ``poke_seconds`` and
-    holding no worker slot meanwhile (0 hours: fail at once, as manual and backfill runs do).
-    """
-
-    path: str
-    wait_hours: Annotated[float, Field(ge=0, le=24)] = 4.0
-    poke_seconds: Annotated[int, Field(ge=5, le=3600)] = 300
-
-    @property
-    def dated(self) -> bool:
-        return "{date}" in self.path
-
-    def resolve(self) -> str:
-        """The path template with environment variables expanded and made absolute."""
-        expanded = os.path.expandvars(os.path.expanduser(self.path))
-        if not os.path.isabs(expanded):
-            base = os.environ.get("SIS_SYNC_DROPS_DIR") or str(DEFAULT_DROPS_DIR)
-            expanded = os.path.abspath(os.path.join(os.path.expanduser(base), expanded))
-        return expanded
-
-
-class CleverSource(_Strict):
-    """Where a Clever portal reads: an Airflow connection of type http (the API's base URL as
-    host, the district-app bearer token as password) and the Clever district id."""
-
-    connection_id: str
-    district_id: str
-    page_limit: Annotated[int, Field(ge=1, le=10000)] = 10000
-    # Portals sharing one token share one pool, sized to Clever's rate limit.
-    pool: str | None = None
-
-
-class OneRosterRestSource(_Strict):
-    """Where a OneRoster REST portal reads: an Airflow connection whose host is the base URL
-    (up to, not including, ``/ims/oneroster/v1p1``), login the client id, password the client
-    secret, and extra the ``token_url``, ``auth`` (``oauth2``, the default, or ``oauth1``) and
-    ``scope``."""
-
-    connection_id: str
-    page_limit: Annotated[int, Field(ge=1, le=10000)] = 1000
-    # A quick sync re-reads this much before its checkpoint: clocks and commits drift.
-    overlap_minutes: Annotated[int, Field(ge=0)] = 10
-    pool: str | None = None
 
 
 class Schools(_Strict):
@@ -164,27 +117,15 @@ class Guards(_Strict):
     update_min_count: Annotated[int, Field(ge=0)] = 20
 
 
-# Providers whose quick sync may start from a date-time a run names (its ``since`` param).
-SINCE_PROVIDERS = ("clever", "oneroster_rest")
-
-# provider -> (the field naming its source, what that field holds)
-SOURCE_FIELDS = {
-    "oneroster_csv": ("source", "its drop path"),
-    "clever": ("clever", "connection_id and district_id"),
-    "oneroster_rest": ("oneroster", "its connection_id"),
-}
-
-
 class Portal(_Strict):
     """One LMS portal and the SIS it is kept in step with."""
 
     id: str
     name: str
     timezone: str = "UTC"
-    provider: Literal["oneroster_csv", "clever", "oneroster_rest"]
-    source: Annotated[FileDropSource | None, Field(validate_default=True)] = None
-    clever: Annotated[CleverSource | None, Field(validate_default=True)] = None
-    oneroster: Annotated[OneRosterRestSource | None, Field(validate_default=True)] = None
+    # Where the portal reads: one provider's settings, chosen by source.provider (the union
+    # of every registered provider's model; see _refresh_sources).
+    source: SourceConfig
     schedule: str | None = None
     scheduled_mode: Literal["full", "quick"] = "quick"
     full_sync_every_days: Annotated[int, Field(ge=1)] = 7
@@ -199,23 +140,25 @@ class Portal(_Strict):
     retention_days: Annotated[int, Field(ge=1)] = 30
     owner: str = "sis-sync"
 
-    @model_validator(mode="after")
-    def _clever_defaults(self) -> Portal:
-        """Clever portals sync district admins and staff only when asked to."""
-        if self.provider == "clever":
-            chosen = self.entities.model_fields_set
-            off = {k: False for k in ("administrators", "staff") if k not in chosen}
-            if off:
-                object.__setattr__(self, "entities", self.entities.model_copy(update=off))
-        return self
-
-    @field_validator("source", "clever", "oneroster")
+    @model_validator(mode="before")
     @classmethod
-    def _source_for_provider(cls, value: object, info: ValidationInfo) -> object:
-        needs = SOURCE_FIELDS.get(info.data.get("provider", ""))
-        if needs and needs[0] == info.field_name and value is None:
-            raise ValueError(f"a {info.data['provider']} portal needs '{needs[0]}' ({needs[1]})")
-        return value
+    def _provider_in_source(cls, data: object) -> object:
+        """Portal files name their provider inside ``source``; say so to an older file."""
+        if isinstance(data, dict) and "provider" in data:
+            raise ValueError(
+                "'provider' belongs inside 'source' (source.provider, beside the provider's "
+                "own settings): see docs/providers.md"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _provider_defaults(self) -> Portal:
+        """Entity switches the provider turns off unless the file turns them on."""
+        chosen = self.entities.model_fields_set
+        off = {k: False for k in self.source_provider().off_by_default if k not in chosen}
+        if off:
+            object.__setattr__(self, "entities", self.entities.model_copy(update=off))
+        return self
 
     @field_validator("notify")
     @classmethod
@@ -255,6 +198,28 @@ class Portal(_Strict):
     def dag_id(self) -> str:
         return f"sis_sync__{self.id}"
 
+    @property
+    def provider(self) -> str:
+        """The provider's name (``source.provider``)."""
+        return self.source.provider
+
+    def source_provider(self) -> Provider:
+        """The registered provider that reads this portal's source."""
+        return registry.get(self.source.provider)
+
+
+def _refresh_sources() -> None:
+    """Make ``Portal.source`` the union, discriminated on ``provider``, of every registered
+    provider's source model (called again whenever a provider registers)."""
+    models = tuple(p.source_model for p in registry.providers())
+    if not models:
+        return
+    union = models[0] if len(models) == 1 else Union[models]  # noqa: UP007
+    Portal.model_fields["source"] = FieldInfo.from_annotation(
+        Annotated[union, Field(discriminator="provider")]
+    )
+    Portal.model_rebuild(force=True)
+
 
 def portals_dir() -> Path:
     """The folder holding the portal files (``SIS_SYNC_PORTALS_DIR`` or ``include/portals``)."""
@@ -262,7 +227,20 @@ def portals_dir() -> Path:
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
+    if len(loc) > 2 and loc[0] == "source" and loc[1] in registry.names():
+        loc = (loc[0], *loc[2:])  # the union's tag: the file names it as source.provider
     return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _problem(err: Any) -> str:
+    """One validation error as "field 'a.b': what is wrong"; the source union's own errors
+    say which providers there are."""
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found") and err["loc"] == ("source",):
+        known = ", ".join(registry.names())
+        tag = err.get("ctx", {}).get("tag")
+        what = f"unknown provider {tag!r}" if tag else "a provider is required"
+        return f"field 'source.provider': {what} (one of: {known})"
+    return f"field '{_field_path(err['loc'])}': {err['msg']}"
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -295,9 +273,7 @@ def load_portal(path: Path) -> Portal:
     try:
         portal = Portal.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"field '{_field_path(err['loc'])}': {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise PortalConfigError(f"{path}: {problems}") from None
     if portal.id != path.stem:
         raise PortalConfigError(
@@ -340,3 +316,7 @@ def get_portal(portal_id: str, folder: Path | None = None) -> Portal:
         if path.exists():
             return load_portal(path)
     raise PortalConfigError(f"{folder}: no portal file for portal {portal_id!r}")
+
+
+_refresh_sources()
+registry.on_change(_refresh_sources)

@@ -18,9 +18,6 @@ from include.sis_sync.runs import AirflowRunAlive, get_run, update_run
 
 log = logging.getLogger("sis_sync")
 
-# OneRoster CSV and REST share sourcedIds: a portal moving from drops to REST keeps its rows.
-PROVIDER_KEYS = {"oneroster_csv": "oneroster", "oneroster_rest": "oneroster", "clever": "clever"}
-
 
 @dataclass(frozen=True)
 class RunContext:
@@ -34,7 +31,7 @@ class RunContext:
     logical_date: datetime | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     triggered_by: str | None = None
-    # Opens the provider's API client (Clever, OneRoster REST); the DAG layer's hook makes it.
+    # Opens the provider's API client; the DAG layer makes it with the provider's hook.
     client: Callable[[], Any] | None = None
     # Whether another Airflow run still runs: a portal lock held by one that does not is
     # taken over. The DAG layer asks Airflow; None trusts every lock until its run ends.
@@ -42,7 +39,8 @@ class RunContext:
 
     @property
     def provider(self) -> str:
-        return PROVIDER_KEYS[self.portal.provider]
+        """The namespace of the SIS ids in the LMS (the provider's ``key_space``)."""
+        return self.portal.source_provider().key_space
 
     @property
     def engine(self) -> Any:

@@ -15,8 +15,10 @@ from typing import Any
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import (
     DAG,
+    Asset,
     BaseHook,
     BaseNotifier,
+    CronTriggerTimetable,
     Param,
     PokeReturnValue,
     TriggerRule,
@@ -24,14 +26,12 @@ from airflow.sdk import (
     task,
 )
 from airflow.sdk.exceptions import AirflowFailException
-from airflow.timetables.trigger import CronTriggerTimetable
 
 from include.sis_sync import notifications, pipeline
-from include.sis_sync.config import SINCE_PROVIDERS, Portal, PortalConfigError
+from include.sis_sync.config import Portal, PortalConfigError
 from include.sis_sync.links import airflow_run_url
 from include.sis_sync.lms.db import SchemaOutOfDate, url_from_connection
-from include.sis_sync.providers.clever import CleverAuthError
-from include.sis_sync.providers.oneroster_csv import DropError
+from include.sis_sync.providers import registry
 from include.sis_sync.runs import AWAITING_APPROVAL, RunClosed, RunNotCommittable, update_run
 from include.sis_sync.validation import SnapshotInvalid
 
@@ -40,14 +40,14 @@ LMS_CONN_ID = "lms_db"
 LMS_WRITES_POOL = "sis_sync_lms_writes"
 UI_BASE_URL_VARIABLE = "sis_sync_ui_base_url"
 START_DATE = datetime(2026, 1, 1)
-# Errors a retry cannot fix: bad input, an old drop, an unmigrated database.
+# Errors a retry cannot fix: bad input, refused or missing input, an unmigrated database;
+# each provider adds its own (bad credentials, a broken drop, a read that lost records).
 PERMANENT = (
-    DropError,
-    pipeline.DropRefused,
+    pipeline.SourceRefused,
+    pipeline.InputMissing,
     SnapshotInvalid,
     PortalConfigError,
     SchemaOutOfDate,
-    CleverAuthError,
 )
 # A stage or commit refused because the run is decided or ended: recorded on the run already.
 REFUSALS = (RunClosed, RunNotCommittable)
@@ -95,23 +95,6 @@ def run_context(portal: Portal, context: dict[str, Any]) -> pipeline.RunContext:
     """The plain run context of a task, from Airflow's."""
     dag_run = context["dag_run"]
     run_type = str(getattr(dag_run.run_type, "value", dag_run.run_type))
-    client = None
-    if portal.clever is not None:
-        source = portal.clever
-
-        def client() -> Any:
-            from include.sis_sync.providers.clever_hook import CleverHook
-
-            return CleverHook(source.connection_id).client(limit=source.page_limit)
-
-    elif portal.oneroster is not None:
-        rest = portal.oneroster
-
-        def client() -> Any:
-            from include.sis_sync.providers.oneroster_hook import OneRosterHook
-
-            return OneRosterHook(rest.connection_id).client(limit=rest.page_limit)
-
     return pipeline.RunContext(
         portal=portal,
         lms_url=lms_url(),
@@ -121,7 +104,7 @@ def run_context(portal: Portal, context: dict[str, Any]) -> pipeline.RunContext:
         logical_date=dag_run.logical_date,
         params=dict(context["params"]),
         triggered_by=getattr(dag_run, "triggering_user_name", None),
-        client=client,
+        client=portal.source_provider().open_client(portal.source),
         airflow_run_alive=functools.partial(airflow_run_alive, context["ti"]),
     )
 
@@ -138,8 +121,13 @@ def airflow_run_alive(ti: Any, dag_id: str, run_id: str) -> bool | None:
 
 def api_pool(portal: Portal) -> str:
     """The pool of the portal's API token (portals sharing a token share its pool)."""
-    source = portal.clever or portal.oneroster
-    return source.pool if source is not None and source.pool else "default_pool"
+    return portal.source.pool or "default_pool"
+
+
+def lms_asset(portal: Portal) -> Asset:
+    """The portal's LMS rows as an Airflow Asset: each committed sync updates it, so
+    downstream DAGs may run after one (``schedule=[Asset("sis_sync://<portal>/lms")]``)."""
+    return Asset(f"sis_sync://{portal.id}/lms", group="sis_sync")
 
 
 def ui_base() -> str:
@@ -166,7 +154,7 @@ def stage(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(ctx, run_id, *args)
         except REFUSALS as exc:
             raise AirflowFailException(str(exc)) from exc
-        except PERMANENT as exc:
+        except (*PERMANENT, *registry.permanent_errors()) as exc:
             update_run(ctx.engine, run_id, error=f"{func.__name__}: {exc}")
             raise AirflowFailException(str(exc)) from exc
         except Exception as exc:
@@ -224,14 +212,13 @@ class SyncApprovalOperator(ApprovalOperator):
 
 def params_for(portal: Portal) -> dict[str, Param]:
     params = _common_params(portal)
-    if portal.provider in SINCE_PROVIDERS:
+    if portal.source_provider().supports_since:
         params["since"] = Param(
             None,
             type=["null", "string"],
             format="date-time",
-            description="Quick sync from this date-time (Clever: within its 30-day events "
-            "window; OneRoster REST: records whose dateLastModified is later) instead of from "
-            "the last committed sync; mode full reads everything",
+            description=f"Quick sync of what {portal.source_provider().label} changed from this "
+            "date-time instead of from the last committed sync; mode full reads everything",
         )
     return params
 
@@ -291,7 +278,7 @@ def build_dag(portal: Portal) -> DAG:
         doc_md=DOC.format(
             name=portal.name,
             id=portal.id,
-            provider=portal.provider,
+            provider=portal.source_provider().describe(portal.source),
             auto_commit=portal.auto_commit,
             timeout=portal.approval_timeout_hours,
             guards=portal.guards,
@@ -311,41 +298,30 @@ def build_dag(portal: Portal) -> DAG:
             opened = pipeline.start(run_context(portal, context))
             return PokeReturnValue(is_done=opened["locked_by"] is None, xcom_value=opened["run_id"])
 
-        drop = portal.source
+        provider = portal.source_provider()
+        wait = provider.input_wait(portal.source)
 
         @task.sensor(
             task_id="wait_for_drop",
-            poke_interval=drop.poke_seconds if drop else 60,
+            poke_interval=wait.poke_seconds if wait else 60,
             mode="reschedule",
             # a backstop only: the poke itself ends the wait after wait_hours, saying why
-            timeout=timedelta(hours=(drop.wait_hours if drop else 0) + 1).total_seconds(),
+            timeout=timedelta(hours=(wait.wait_hours if wait else 0) + 1).total_seconds(),
             retries=0,
         )
         def wait_for_drop(sync_id: int, **context: Any) -> bool:
             """Scheduled runs of a file-drop portal wait for a late drop, holding no slot."""
-            return stage(pipeline.wait_for_drop)(run_context(portal, context), sync_id)
+            return stage(pipeline.wait_for_input)(run_context(portal, context), sync_id)
 
-        @task(pool=api_pool(portal))
-        def extract(sync_id: int, **context: Any) -> dict[str, Any]:
-            """Read the SIS (here: the OneRoster CSV drop) into raw run data."""
-            return stage(pipeline.extract)(run_context(portal, context), sync_id)
+        def prepare_task(func: Callable[..., dict[str, Any]]) -> Any:
+            """One preparing stage as a task; it takes the stage before's summary so that the
+            tasks run in :data:`pipeline.PREPARE`'s order."""
 
-        @task
-        def transform(sync_id: int, summary: dict[str, Any], **context: Any) -> dict[str, Any]:
-            """Map the raw files to the canonical roster frames."""
-            return stage(pipeline.transform)(run_context(portal, context), sync_id)
+            def run(sync_id: int, summary: dict[str, Any] | None = None, **context: Any) -> Any:
+                return stage(func)(run_context(portal, context), sync_id)
 
-        @task
-        def validate_snapshot(
-            sync_id: int, summary: dict[str, Any], **context: Any
-        ) -> dict[str, Any]:
-            """Great Expectations suites (fatal) and reference checks (warnings)."""
-            return stage(pipeline.validate_snapshot)(run_context(portal, context), sync_id)
-
-        @task
-        def diff(sync_id: int, summary: dict[str, Any], **context: Any) -> dict[str, Any]:
-            """Stage one action per changed record, with field-level before/after."""
-            return stage(pipeline.diff)(run_context(portal, context), sync_id)
+            pool = api_pool(portal) if func is pipeline.extract else None
+            return task(run, task_id=func.__name__, doc_md=func.__doc__, pool=pool)
 
         @task
         def validate_changes(
@@ -376,7 +352,12 @@ def build_dag(portal: Portal) -> DAG:
             retries=0,
         )
 
-        @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, retries=1, pool=LMS_WRITES_POOL)
+        @task(
+            trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+            retries=1,
+            pool=LMS_WRITES_POOL,
+            outlets=[lms_asset(portal)],
+        )
         def commit(sync_id: int, **context: Any) -> dict[str, Any]:
             """Apply the selected actions, the statuses and the checkpoint in one transaction."""
             return stage(pipeline.commit)(run_context(portal, context), sync_id)
@@ -398,13 +379,13 @@ def build_dag(portal: Portal) -> DAG:
             return {k: v for k, v in result.items() if k != "text"}
 
         sync_id = start()
-        extracted = extract(sync_id)
-        if drop is not None:
-            wait_for_drop(sync_id) >> extracted
-        transformed = transform(sync_id, extracted)
-        validated = validate_snapshot(sync_id, transformed)
-        diffed = diff(sync_id, validated)
-        checks = validate_changes(sync_id, diffed)
+        extract, *later = pipeline.PREPARE
+        summary = prepare_task(extract)(sync_id)
+        if wait is not None:
+            wait_for_drop(sync_id) >> summary
+        for func in later:
+            summary = prepare_task(func)(sync_id, summary)
+        checks = validate_changes(sync_id, summary)
         route = gate(sync_id, checks)
         committed = commit(sync_id)
         route >> [await_approval, committed]

@@ -118,6 +118,15 @@ ORGANIZATION_KINDS = ("district", "school", "department", "state", "national")
 TERM_KINDS = ("school_year", "semester", "term", "grading_period")
 # Primary role order: a user holding several roles is shown as the first of these it has.
 USER_ROLES = ("student", "teacher", "aide", "administrator", "staff", "contact")
+# Canonical user role -> the portal's entity switch that syncs it.
+ROLE_SWITCH = {
+    "student": "students",
+    "teacher": "teachers",
+    "administrator": "administrators",
+    "aide": "staff",
+    "staff": "staff",
+    "contact": "contacts",
+}
 ENROLLMENT_ROLES = ("student", "teacher", "aide", "administrator", "proctor")
 
 

@@ -7,21 +7,21 @@ work set-based, logs counts and timings (never personal data), and returns a sma
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 
 from include.sis_sync import guards, model
-from include.sis_sync.context import PROVIDER_KEYS, RunContext, log, timed
+from include.sis_sync.context import RunContext, log, timed
 from include.sis_sync.diff import DiffInput, diff_snapshot
-from include.sis_sync.extract import DropRefused, drop_date_for, extract, wait_for_drop
+from include.sis_sync.extract import InputMissing, extract, read_record, wait_for_input
 from include.sis_sync.links import report_url
 from include.sis_sync.lms import commit as lms_commit
 from include.sis_sync.lms.db import check_schema
 from include.sis_sync.lms.store import active_keys, read_all_current, read_current
-from include.sis_sync.providers import oneroster_csv
+from include.sis_sync.providers.base import Completeness, ExtractRecord, SourceRefused
 from include.sis_sync.rundata import RunData, purge_expired
 from include.sis_sync.runs import (
     APPROVED,
@@ -56,15 +56,15 @@ from include.sis_sync.validation import (
 )
 
 __all__ = [
-    "PROVIDER_KEYS",
-    "DropRefused",
+    "PREPARE",
+    "InputMissing",
     "RunClosed",
     "RunContext",
     "RunNotCommittable",
+    "SourceRefused",
     "approval_body",
     "commit",
     "diff",
-    "drop_date_for",
     "extract",
     "finish",
     "gate",
@@ -74,7 +74,7 @@ __all__ = [
     "transform",
     "validate_changes",
     "validate_snapshot",
-    "wait_for_drop",
+    "wait_for_input",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -111,21 +111,38 @@ def start(ctx: RunContext) -> dict[str, Any]:
 
 
 def transform(ctx: RunContext, run_id: int) -> dict[str, Any]:
-    """Raw provider tables to the canonical frames."""
+    """Raw provider tables to the canonical frames, through the portal's provider."""
     enter_stage(ctx.engine, run_id, "transform")
     with timed(ctx, run_id, "transform") as summary:
         data = ctx.data(run_id)
-        raw = data.read_frames("raw")
-        if ctx.portal.provider == "clever":
-            from include.sis_sync.providers import clever_extract
-
-            delta = bool(data.read_json("extract").get("delta"))
-            frames = clever_extract.to_canonical(raw, ctx.portal.entities, delta=delta)
-        else:
-            frames = oneroster_csv.to_canonical(raw, ctx.portal.entities)
+        record = read_record(ctx, run_id)
+        provider = ctx.portal.source_provider()
+        frames = provider.to_canonical(data.read_frames("raw"), ctx.portal.entities, record)
+        frames, record = _sent_none(frames, record, provider.optional_entities)
+        data.write_json("extract", record.as_json())
         data.write_frames("canonical", frames)
         summary["rows"] = {name: len(frame) for name, frame in frames.items()}
+        if record.sent_none:
+            summary["sent_none"] = list(record.sent_none)
     return summary
+
+
+def _sent_none(
+    frames: dict[str, pd.DataFrame], record: ExtractRecord, optional: frozenset[str]
+) -> tuple[dict[str, pd.DataFrame], ExtractRecord]:
+    """Optional kinds a complete read came back without are absent, never "archive them all":
+    the LMS keeps its rows of them and the report says the SIS sent none."""
+    empty = [
+        name
+        for name in sorted(optional)
+        if record.modes.get(name) == Completeness.COMPLETE and len(frames.get(name, ())) == 0
+    ]
+    if not empty:
+        return frames, record
+    modes = {**record.modes, **dict.fromkeys(empty, Completeness.ABSENT)}
+    kept = {name: frame for name, frame in frames.items() if name not in empty}
+    sent_none = tuple(sorted({*record.sent_none, *empty}))
+    return kept, replace(record, modes=modes, sent_none=sent_none)
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,7 +156,7 @@ def _inputs(
     """A stage's inputs: the run's data, one stage's frames, the feed modes, the LMS rows."""
     data = ctx.data(run_id)
     frames = data.read_frames(stage)
-    modes = data.read_json("extract")["modes"]
+    modes = read_record(ctx, run_id).modes
     with ctx.engine.connect() as conn:
         current = read_all_current(conn, ctx.portal.id, ctx.provider)
     return data, frames, modes, current
@@ -148,7 +165,7 @@ def _inputs(
 def _lms_references(ctx: RunContext, modes: Mapping[str, str]) -> dict[str, pd.DataFrame]:
     """The LMS rows validation needs: keys of what the feed does not carry completely (a
     reference may point at them), and users' emails (to spot one used twice)."""
-    needed = {e.name: () for e in model.ENTITIES if modes.get(e.name) != "bulk"}
+    needed = {e.name: () for e in model.ENTITIES if modes.get(e.name) != Completeness.COMPLETE}
     needed[model.USERS.name] = ("email",)
     with ctx.engine.connect() as conn:
         return {
@@ -163,9 +180,11 @@ def validate_snapshot(ctx: RunContext, run_id: int) -> dict[str, Any]:
     with timed(ctx, run_id, "validate_snapshot") as summary:
         data = ctx.data(run_id)
         frames = data.read_frames("canonical")
-        modes = data.read_json("extract")["modes"]
+        modes = read_record(ctx, run_id).modes
         lms = _lms_references(ctx, modes)
-        lms_keys = {n: k for n, k in active_keys(lms).items() if modes.get(n) != "bulk"}
+        lms_keys = {
+            n: k for n, k in active_keys(lms).items() if modes.get(n) != Completeness.COMPLETE
+        }
         frames, warnings = check_references(frames, lms_keys)
         warnings += check_oddities(frames, lms[model.USERS.name])
         if model.USERS.name in frames:
@@ -199,17 +218,18 @@ def _scope(
     return build_scope(known, ctx.portal.schools.synced, ctx.schools)
 
 
-def _complete_per_parent(extract_info: Mapping[str, Any]) -> dict[str, Any]:
-    """The provider's word on which delta children are complete per parent, if it has one."""
-    given = extract_info.get("complete_per_parent")
-    return {"complete_per_parent": {k: tuple(v) for k, v in given.items()}} if given else {}
-
-
 def _synced_roles(ctx: RunContext) -> frozenset[str]:
     switches = ctx.portal.entities
     return frozenset(
-        role for role, switch in oneroster_csv.ROLE_SWITCH.items() if getattr(switches, switch)
+        role for role, switch in model.ROLE_SWITCH.items() if getattr(switches, switch)
     )
+
+
+def _sent_none_finding(name: str, current: pd.DataFrame | None) -> Finding:
+    """The report's line for an optional kind the SIS sent none of."""
+    held = 0 if current is None else int(current["active"].sum())
+    kept = f"the LMS keeps its {held} active {name}" if held else f"the LMS holds no {name}"
+    return Finding(name, "sent_none", "warning", 0, [], f"the SIS sent no {name}: {kept}")
 
 
 def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
@@ -217,6 +237,7 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
     enter_stage(ctx.engine, run_id, "diff")
     with timed(ctx, run_id, "diff") as summary:
         data, frames, modes, current = _inputs(ctx, run_id, "validated")
+        record = read_record(ctx, run_id)
         scope = _scope(ctx, frames, current)
         frames, outsiders = restrict(frames, scope)
         window = ctx.portal.school_year
@@ -228,13 +249,17 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
                 scope=scope,
                 synced_roles=_synced_roles(ctx),
                 school_year=(window.start.isoformat(), window.end.isoformat()) if window else None,
-                **_complete_per_parent(data.read_json("extract")),
+                **(
+                    {"complete_per_parent": record.complete_per_parent}
+                    if record.complete_per_parent
+                    else {}
+                ),
             ),
         )
         findings = [Finding(**f) for f in data.read_json("findings")]
-        fallback = data.read_json("extract").get("fallback")
-        if fallback:
-            findings.append(Finding("run", "ran_as_full", "warning", 0, [], fallback))
+        if record.fallback:
+            findings.append(Finding("run", "ran_as_full", "warning", 0, [], record.fallback))
+        findings += [_sent_none_finding(name, current.get(name)) for name in record.sent_none]
         if len(outsiders):
             findings.append(
                 warn(
@@ -265,6 +290,11 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
     return summary
 
 
+# The stages that turn a read of the SIS into a staged change set, in order: each reads what
+# the one before left. The DAG, the benchmark and the tests run them from this one list.
+PREPARE = (extract, transform, validate_snapshot, diff)
+
+
 # --------------------------------------------------------------------------------------------
 # validate_changes (the guards) and the gate
 # --------------------------------------------------------------------------------------------
@@ -272,20 +302,13 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
 
 def validate_changes(ctx: RunContext, run_id: int) -> dict[str, Any]:
     """Evaluate the guards and record their decision; a guard never fails the task."""
-    from include.sis_sync.lms.bulk import placeholder, read_frame
+    from include.sis_sync.report import counted_actions
 
     enter_stage(ctx.engine, run_id, "validate_changes")
     with timed(ctx, run_id, "validate_changes") as summary:
-        with ctx.engine.connect() as conn:
-            ph = placeholder(conn)
-            proposed = read_frame(
-                conn,
-                "SELECT entity, action, kind, school_key, count(*) AS n FROM sis_sync_actions "
-                f"WHERE run_id = {ph} AND action IN ('archive', 'update') "
-                "GROUP BY entity, action, kind, school_key",
-                (run_id,),
-            )
-        proposed["n"] = proposed["n"].astype("int64")
+        by = ("entity", "action", "kind", "school_key")
+        rows = counted_actions(ctx.engine, run_id, by, actions=("archive", "update"))
+        proposed = pd.DataFrame(rows, columns=[*by, "n"]).astype({"n": "int64"})
         active = ctx.data(run_id).read_frames("guards")["active"]
         results = guards.evaluate(proposed, active, ctx.portal.guards)
         trips = guards.tripped(results)
@@ -443,7 +466,7 @@ def commit(ctx: RunContext, run_id: int) -> dict[str, Any]:
     with timed(ctx, run_id, "commit") as summary:
         run = get_run(ctx.engine, run_id)
         frames = ctx.data(run_id).lazy_frames("scoped")
-        checkpoint = ctx.data(run_id).read_json("extract").get("checkpoint")
+        checkpoint = read_record(ctx, run_id).checkpoint
         if run.get("source_date"):
             checkpoint = run["source_date"].isoformat()
         schools = ctx.portal.schools

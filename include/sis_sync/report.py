@@ -42,21 +42,34 @@ def action_counts(
 def _counted_over_actions(
     engine: sa.Engine, run_id: int, status: str | None
 ) -> dict[str, dict[str, int]]:
-    actions = schema.actions
-    query = (
-        sa.select(actions.c.entity, actions.c.action, actions.c.kind, sa.func.count())
-        .where(actions.c.run_id == run_id)
-        .group_by(actions.c.entity, actions.c.action, actions.c.kind)
-    )
-    if status:
-        query = query.where(actions.c.status == status)
-    with engine.connect() as conn:
-        rows = conn.execute(query).all()
     counts: dict[str, dict[str, int]] = {}
-    for entity, action, kind, n in rows:
+    for entity, action, kind, n in counted_actions(
+        engine, run_id, ("entity", "action", "kind"), status=status
+    ):
         label = count_label(entity, kind)
         counts.setdefault(label, dict.fromkeys(ACTIONS, 0))[action] += int(n)
     return counts
+
+
+def counted_actions(
+    engine: sa.Engine,
+    run_id: int,
+    by: tuple[str, ...],
+    *,
+    status: str | None = None,
+    actions: tuple[str, ...] | None = None,
+) -> list[tuple[Any, ...]]:
+    """The run's actions counted per ``by`` columns (the count last), in one grouped query:
+    the report's counts and the guards' per-school figures both come from here."""
+    table = schema.actions
+    columns = [table.c[name] for name in by]
+    query = sa.select(*columns, sa.func.count()).where(table.c.run_id == run_id).group_by(*columns)
+    if status:
+        query = query.where(table.c.status == status)
+    if actions:
+        query = query.where(table.c.action.in_(actions))
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(query).all()]
 
 
 def ordered_labels(counts: dict[str, dict[str, int]]) -> list[str]:

@@ -98,7 +98,7 @@ def make_portal(
 
     def make(portal_id: str, lms: str = "sqlite", **overrides: Any) -> PortalUnderTest:
         drops = tmp_path / "drops"
-        overrides.setdefault("source", {"path": f"{drops}/{{date}}"})
+        overrides.setdefault("source", {"provider": "oneroster_csv", "path": f"{drops}/{{date}}"})
         write_portal(Path(os.environ["SIS_SYNC_PORTALS_DIR"]), id=portal_id, **overrides)
         return PortalUnderTest(portal_id, drops, lms_database(lms))
 

@@ -68,7 +68,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             portals,
             id=portal,
             name=f"{portal.title()} portal",
-            source={"path": f"{root / 'drops' / portal}/{{date}}"},
+            source={"provider": "oneroster_csv", "path": f"{root / 'drops' / portal}/{{date}}"},
             auto_commit=False,
             **settings,
         )

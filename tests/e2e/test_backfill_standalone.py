@@ -62,7 +62,7 @@ def test_backfill_runs_three_full_syncs_in_date_order(tmp_path: Path) -> None:
         id=PORTAL_ID,
         name="Backfill test portal",
         timezone="UTC",
-        source={"path": f"{drops}/{{date}}"},
+        source={"provider": "oneroster_csv", "path": f"{drops}/{{date}}"},
         schedule="0 6 * * *",
         scheduled_mode="full",
         auto_commit=True,

@@ -9,37 +9,50 @@ import sqlalchemy as sa
 from airflow.utils.state import DagRunState
 
 from include.sis_sync.lms.db import engine_for
+from include.sis_sync.report import build_report
 from include.sis_sync.sample.generator import generate_district
-from include.sis_sync.simulators.clever import CleverSimulator, clever_data_from_district
+from include.sis_sync.simulators.clever import (
+    CleverData,
+    CleverSimulator,
+    clever_data_from_district,
+)
+from tests.helpers import active_keys, run_rows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 TOKEN = "e2e-district-token"
 
 
+def clever_portal(make_portal, monkeypatch, server: CleverSimulator, data: CleverData):
+    """An auto-committing Clever portal reading ``server`` through an Airflow connection."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLEVER_E2E",
+        json.dumps(
+            {
+                "conn_type": "http",
+                "host": host,
+                "port": int(port),
+                "schema": "http",
+                "password": TOKEN,
+            }
+        ),
+    )
+    return make_portal(
+        "clever_e2e",
+        source={
+            "provider": "clever",
+            "connection_id": "clever_e2e",
+            "district_id": data.district["id"],
+        },
+        auto_commit=True,
+        scheduled_mode="quick",
+    )
+
+
 def test_clever_portal_full_then_quick_sync(make_portal, monkeypatch) -> None:
     data = clever_data_from_district(generate_district("demo"))
     with CleverSimulator(data, token=TOKEN) as server:
-        host, port = server.base_url.removeprefix("http://").split(":")
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_CLEVER_E2E",
-            json.dumps(
-                {
-                    "conn_type": "http",
-                    "host": host,
-                    "port": int(port),
-                    "schema": "http",
-                    "password": TOKEN,
-                }
-            ),
-        )
-        portal = make_portal(
-            "clever_e2e",
-            provider="clever",
-            source=None,
-            clever={"connection_id": "clever_e2e", "district_id": data.district["id"]},
-            auto_commit=True,
-            scheduled_mode="quick",
-        )
+        portal = clever_portal(make_portal, monkeypatch, server, data)
         first = portal.run()
         assert first.state == DagRunState.SUCCESS
         student = next(u for u in server.records("users").values() if "student" in u["roles"])
@@ -71,3 +84,26 @@ def test_clever_portal_full_then_quick_sync(make_portal, monkeypatch) -> None:
     assert runs[1][2] != runs[0][2]  # the checkpoint moved to the newest event
     assert email == "changed@example.org"
     assert archived == 1
+
+
+def test_a_district_sharing_no_terms_or_courses_syncs_through_the_dag(
+    make_portal, monkeypatch
+) -> None:
+    """Terms and courses are optional Clever data types: a district may share neither."""
+    data = clever_data_from_district(generate_district("demo")).without_terms_or_courses()
+    with CleverSimulator(data, token=TOKEN) as server:
+        portal = clever_portal(make_portal, monkeypatch, server, data)
+        assert portal.run().state == DagRunState.SUCCESS
+    assert active_keys(portal.lms_url, "lms_sections") == set(data.sections)
+    enrolled = {
+        f"{s['id']}:{u}" for s in data.sections.values() for u in s["students"] + s["teachers"]
+    }
+    assert len(active_keys(portal.lms_url, "lms_enrollments")) >= len(enrolled) > 0
+    assert active_keys(portal.lms_url, "lms_terms") == active_keys(portal.lms_url, "lms_courses")
+    assert active_keys(portal.lms_url, "lms_terms") == set()
+    (run,) = run_rows(portal.lms_url)
+    assert run["status"] == "committed"
+    report = build_report(engine_for(portal.lms_url), run["id"])
+    lines = [w["message"] for w in report["warnings"] if w["kind"] == "sent_none"]
+    assert any("the SIS sent no terms" in line for line in lines)
+    assert any("the SIS sent no courses" in line for line in lines)

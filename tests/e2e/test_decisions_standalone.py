@@ -85,7 +85,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             portals,
             id=portal,
             name=f"{portal} portal",
-            source={"path": f"{root / 'drops' / portal}/{{date}}", **wait},
+            source={
+                "provider": "oneroster_csv",
+                "path": f"{root / 'drops' / portal}/{{date}}",
+                **wait,
+            },
             auto_commit=settings.pop("auto_commit", False),
             **settings,
         )

@@ -36,9 +36,7 @@ def test_oneroster_portal_full_then_quick_sync(make_portal, monkeypatch) -> None
         )
         portal = make_portal(
             "oneroster_e2e",
-            provider="oneroster_rest",
-            source=None,
-            oneroster={"connection_id": "oneroster_e2e"},
+            source={"provider": "oneroster_rest", "connection_id": "oneroster_e2e"},
             auto_commit=True,
             scheduled_mode="quick",
         )

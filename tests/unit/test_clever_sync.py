@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +14,10 @@ from include.sis_sync import pipeline
 from include.sis_sync.config import Portal
 from include.sis_sync.lms.db import engine_for
 from include.sis_sync.providers.clever import CleverAuthError, CleverClient
+from include.sis_sync.providers.clever_extract import IncompleteRead
 from include.sis_sync.sample.generator import generate_district
 from include.sis_sync.simulators.clever import CleverSimulator, clever_data_from_district
-from tests.helpers import active_keys, run_whole_sync
+from tests.helpers import active_keys, lms_rows, run_whole_sync
 
 TOKEN = "district-token-for-tests"
 
@@ -30,8 +32,8 @@ def _portal(sim: CleverSimulator, **overrides: Any) -> Portal:
     data: dict[str, Any] = {
         "id": "clever_test",
         "name": "Clever test",
-        "provider": "clever",
-        "clever": {
+        "source": {
+            "provider": "clever",
             "connection_id": "clever_test",
             "district_id": next(iter(sim.records("districts"))),
         },
@@ -59,7 +61,12 @@ class Syncer:
             airflow_run_id=f"run-{self.runs}",
             run_type="manual",
             params={"allow_mass_archive": True, **params},
-            client=lambda: CleverClient(self.sim.base_url, self.token, backoff=0.01),
+            client=lambda: CleverClient(
+                self.sim.base_url,
+                self.token,
+                backoff=0.01,
+                limit=self.portal.source.page_limit,
+            ),
         )
 
     def sync(self, **params: Any) -> dict[str, Any]:
@@ -81,7 +88,12 @@ def test_full_sync_reads_every_page_and_keeps_multi_role_users_once(
         server,
         lms_url,
         entities={"staff": True},
-        clever={"connection_id": "c", "district_id": district, "page_limit": 50},
+        source={
+            "provider": "clever",
+            "connection_id": "c",
+            "district_id": district,
+            "page_limit": 50,
+        },
     )
     report = syncer.sync()
     assert report["status"] == "committed" and report["ran_as"] == "full"
@@ -217,3 +229,76 @@ def test_checkpoint_older_than_29_days_runs_full_and_says_so(
     assert report["ran_as"] == "full"
     (warning,) = [w for w in report["warnings"] if w["kind"] == "ran_as_full"]
     assert "29 days old" in warning["message"]
+
+
+# --------------------------------------------------------------------------------------------
+# A full read that lost records fails before anything is staged
+# --------------------------------------------------------------------------------------------
+
+
+def _failed_full_sync(syncer: Syncer) -> tuple[dict[str, Any], str]:
+    """A full sync that must fail at extract: its report, and the extract's error."""
+    ctx = syncer.context(mode="full")
+    run_id = pipeline.start(ctx)["run_id"]
+    try:
+        with pytest.raises(IncompleteRead) as info:
+            pipeline.extract(ctx, run_id)
+    finally:
+        report = pipeline.finish(ctx, run_id)
+    with engine_for(syncer.lms_url).connect() as conn:
+        staged = conn.execute(
+            sa.text("SELECT count(*) FROM sis_sync_actions WHERE run_id = :r"), {"r": run_id}
+        ).scalar()
+    assert staged == 0
+    assert not (ctx.data(run_id).folder / "raw").exists()
+    return report, str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("resource", "role", "page_limit"),
+    [("users", "student", 40), ("sections", None, 10), ("schools", None, 1)],
+)
+def test_a_lost_page_fails_the_extract_and_leaves_the_lms_as_it_was(
+    server: CleverSimulator,
+    lms_url: str,
+    data_dir: Path,
+    resource: str,
+    role: str | None,
+    page_limit: int,
+) -> None:
+    district = next(iter(server.records("districts")))
+    source = {"provider": "clever", "connection_id": "c", "district_id": district}
+    syncer = Syncer(server, lms_url, source={**source, "page_limit": page_limit})
+    assert syncer.sync()["status"] == "committed"
+    before = lms_rows(lms_url)
+    server.lose_next_link(resource, role=role)
+    report, error = _failed_full_sync(syncer)
+    assert report["status"] == "failed"
+    assert f"Clever's {resource}" in error and "a page was lost" in error
+    assert lms_rows(lms_url) == before
+
+
+def test_a_student_missing_from_the_list_but_served_by_id_fails_the_read(
+    server: CleverSimulator, lms_url: str, data_dir: Path
+) -> None:
+    """No paging sign and no count gives it away: the sections' member lists do."""
+    section = next(s for s in server.records("sections").values() if s["students"])
+    server.hide_from_lists("users", [section["students"][0]])
+    report, error = _failed_full_sync(Syncer(server, lms_url))
+    assert report["status"] == "failed"
+    assert f"lacks user {section['students'][0]}, which Clever does return by id" in error
+    assert active_keys(lms_url, "lms_users") == set()
+
+
+def test_a_district_sharing_no_terms_or_courses_syncs_and_says_so(
+    lms_url: str,
+) -> None:
+    data = clever_data_from_district(generate_district("demo")).without_terms_or_courses()
+    with CleverSimulator(data, token=TOKEN) as sim:
+        syncer = Syncer(sim, lms_url)
+        report = syncer.sync()
+        assert report["status"] == "committed"
+        assert syncer.active("lms_sections") == set(sim.records("sections"))
+        assert syncer.active("lms_terms") == syncer.active("lms_courses") == set()
+        sent_none = {w["entity"] for w in report["warnings"] if w["kind"] == "sent_none"}
+        assert sent_none == {"terms", "courses"}

@@ -80,7 +80,7 @@ def test_without_files_checks_the_portals_folder(
 ) -> None:
     monkeypatch.setenv("SIS_SYNC_PORTALS_DIR", str(tmp_path))
     alpha = write_portal(tmp_path, id="alpha")
-    beta = write_portal(tmp_path, id="beta", provider="powerschool")
+    beta = write_portal(tmp_path, id="beta", source={"provider": "powerschool"})
     (tmp_path / "README.txt").write_text("not a portal")
 
     status, lines = run_check(capsys)
@@ -90,7 +90,7 @@ def test_without_files_checks_the_portals_folder(
         f"ok      {alpha}: portal alpha -> DAG sis_sync__alpha",
         lines[1],
     ]
-    assert lines[1].startswith(f"BROKEN  {beta}: field 'provider'")
+    assert lines[1].startswith(f"BROKEN  {beta}: field 'source.provider'")
 
 
 def test_without_files_all_good_returns_0(

@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from include.sis_sync import config
 from include.sis_sync.config import (
     Entities,
-    FileDropSource,
     Guards,
     Portal,
     PortalConfigError,
@@ -23,6 +22,7 @@ from include.sis_sync.config import (
     load_portals,
     portals_dir,
 )
+from include.sis_sync.providers.oneroster_csv_provider import FileDropSource
 from tests.helpers import portal_dict, write_portal
 
 
@@ -47,7 +47,7 @@ def test_valid_file_loads_with_defaults(tmp_path: Path) -> None:
     assert portal.name == "Test portal"
     assert portal.dag_id == "sis_sync__testportal"
     assert portal.provider == "oneroster_csv"
-    assert portal.source == FileDropSource(path="testportal/{date}")
+    assert portal.source == FileDropSource(provider="oneroster_csv", path="testportal/{date}")
     assert portal.auto_commit is True
     assert portal.timezone == "UTC"
     assert portal.schedule is None
@@ -141,11 +141,16 @@ def test_yml_suffix_loads(tmp_path: Path) -> None:
         ({"guards": {"archive_pct": 5}}, "field 'guards.archive_pct'"),
         ({"timezone": "Mars/Olympus_Mons"}, "field 'timezone'"),
         ({"timezone": ""}, "field 'timezone'"),
-        ({"provider": "powerschool"}, "field 'provider'"),
-        ({"provider": "clever"}, "field 'clever': Value error, a clever portal needs 'clever'"),
+        ({"source": {"provider": "powerschool"}}, "field 'source.provider': unknown provider"),
+        ({"source": {"provider": "clever"}}, "field 'source.connection_id'"),
+        ({"provider": "clever"}, "'provider' belongs inside 'source'"),
         ({"colour": "blue"}, "field 'colour'"),
-        ({"source": {"path": "x/{date}", "glob": "*.zip"}}, "field 'source.glob'"),
-        ({"source": {}}, "field 'source.path'"),
+        (
+            {"source": {"provider": "oneroster_csv", "path": "x/{date}", "glob": "*.zip"}},
+            "field 'source.glob'",
+        ),
+        ({"source": {"provider": "oneroster_csv"}}, "field 'source.path'"),
+        ({"source": {"path": "x/{date}"}}, "field 'source.provider': a provider is required"),
         ({"name": None}, "field 'name'"),
         ({"scheduled_mode": "sometimes"}, "field 'scheduled_mode'"),
         ({"approval_timeout_hours": 0}, "field 'approval_timeout_hours'"),
@@ -170,16 +175,18 @@ def test_bad_field_names_file_and_field(
 
 def test_missing_required_field_is_named(tmp_path: Path) -> None:
     data = portal_dict()
-    del data["provider"]
+    del data["source"]["provider"]
     path = tmp_path / "testportal.yaml"
     path.write_text(yaml.safe_dump(data))
-    assert "field 'provider'" in broken(path)
+    assert "field 'source.provider'" in broken(path)
 
 
 def test_several_problems_are_all_named(tmp_path: Path) -> None:
-    message = broken(write_portal(tmp_path, timezone="Nowhere/Town", provider="powerschool"))
+    message = broken(
+        write_portal(tmp_path, timezone="Nowhere/Town", source={"provider": "powerschool"})
+    )
     assert "field 'timezone'" in message
-    assert "field 'provider'" in message
+    assert "field 'source.provider'" in message
 
 
 def test_id_must_match_the_file_name(tmp_path: Path) -> None:
@@ -328,14 +335,14 @@ def test_relative_source_path_uses_drops_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SIS_SYNC_DROPS_DIR", str(tmp_path / "drops"))
-    source = FileDropSource(path="north/{date}.zip")
+    source = FileDropSource(provider="oneroster_csv", path="north/{date}.zip")
     assert source.dated is True
     assert source.resolve() == f"{tmp_path}/drops/north/{{date}}.zip"
 
 
 def test_absolute_source_path_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SIS_SYNC_DROPS_DIR", "/somewhere/else")
-    source = FileDropSource(path=f"{tmp_path}/current")
+    source = FileDropSource(provider="oneroster_csv", path=f"{tmp_path}/current")
     assert source.dated is False
     assert source.resolve() == f"{tmp_path}/current"
 
@@ -345,15 +352,16 @@ def test_source_path_expands_environment_variables(
 ) -> None:
     monkeypatch.setenv("NORTH_SFTP", str(tmp_path / "sftp"))
     monkeypatch.setenv("SIS_SYNC_DROPS_DIR", "/somewhere/else")
-    assert FileDropSource(path="$NORTH_SFTP/{date}").resolve() == f"{tmp_path}/sftp/{{date}}"
+    source = FileDropSource(provider="oneroster_csv", path="$NORTH_SFTP/{date}")
+    assert source.resolve() == f"{tmp_path}/sftp/{{date}}"
 
 
 def test_source_path_without_drops_dir_uses_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SIS_SYNC_DROPS_DIR", raising=False)
     expected = f"{config.DEFAULT_DROPS_DIR}/north/{{date}}"
-    assert FileDropSource(path="north/{date}").resolve() == expected
+    assert FileDropSource(provider="oneroster_csv", path="north/{date}").resolve() == expected
     monkeypatch.setenv("SIS_SYNC_DROPS_DIR", "")
-    assert FileDropSource(path="north/{date}").resolve() == expected
+    assert FileDropSource(provider="oneroster_csv", path="north/{date}").resolve() == expected
 
 
 def test_portal_source_resolves_through_the_file(
@@ -365,15 +373,11 @@ def test_portal_source_resolves_through_the_file(
 
 
 def test_clever_portal_leaves_admins_and_staff_off_unless_asked(tmp_path: Path) -> None:
-    clever = {"connection_id": "clever_x", "district_id": "d1"}
-    default = load_portal(write_portal(tmp_path, provider="clever", source=None, clever=clever))
+    clever = {"provider": "clever", "connection_id": "clever_x", "district_id": "d1"}
+    default = load_portal(write_portal(tmp_path, source=clever))
     assert (default.entities.administrators, default.entities.staff) == (False, False)
     assert default.entities.students and default.entities.teachers
-    chosen = load_portal(
-        write_portal(
-            tmp_path, provider="clever", source=None, clever=clever, entities={"staff": True}
-        )
-    )
+    chosen = load_portal(write_portal(tmp_path, source=clever, entities={"staff": True}))
     assert (chosen.entities.administrators, chosen.entities.staff) == (False, True)
     csv = load_portal(write_portal(tmp_path))
     assert csv.entities.administrators and csv.entities.staff  # OneRoster keeps its defaults

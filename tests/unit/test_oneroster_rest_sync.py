@@ -35,8 +35,11 @@ class Syncer:
         data: dict[str, Any] = {
             "id": "rest_test",
             "name": "REST test",
-            "provider": "oneroster_rest",
-            "oneroster": {"connection_id": "rest_test", "page_limit": 50},
+            "source": {
+                "provider": "oneroster_rest",
+                "connection_id": "rest_test",
+                "page_limit": 50,
+            },
             "auto_commit": True,
             "scheduled_mode": "quick",
         }

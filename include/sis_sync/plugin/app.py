@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.datastructures import FormData
 
 from include.sis_sync import queries
-from include.sis_sync.config import SINCE_PROVIDERS, Portal, load_portals
+from include.sis_sync.config import Portal, load_portals
 from include.sis_sync.diff import ACTIONS
 from include.sis_sync.links import ADMIN_ROOT as ROOT
 from include.sis_sync.links import airflow_run_url, report_url
@@ -205,7 +205,7 @@ def status_page(
         last_counts=_count_rows(last["counts"]) if last else [],
         actions=ACTIONS,
         schools=queries.schools(engine, portal.id),
-        since_allowed=portal.provider in SINCE_PROVIDERS,
+        since_allowed=portal.source_provider().supports_since,
         can_edit=_allowed(user, dag_id, "PUT"),
         can_trigger=_allowed(user, dag_id, "POST", DagAccessEntity.RUN),
         can_decide=_may_decide(user, portal),
@@ -541,7 +541,7 @@ def _sync_conf(portal: Portal, form: FormData) -> dict[str, Any]:
         "auto_commit": str(form.get("auto_commit")) == "true",
     }
     since = _text(form.get("since"))
-    if since and portal.provider in SINCE_PROVIDERS:
+    if since and portal.source_provider().supports_since:
         try:
             moment = datetime.fromisoformat(since)
         except ValueError as exc:

@@ -12,21 +12,24 @@ import csv
 import glob
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from include.sis_sync import model
-from include.sis_sync.config import Entities
+from include.sis_sync.providers.base import Completeness
 
-MODES = ("bulk", "delta", "absent")
+if TYPE_CHECKING:
+    from include.sis_sync.config import Entities
+
+MODES = tuple(str(m) for m in Completeness)
 
 # OneRoster file stem -> the columns a file must have to be usable.
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -251,14 +254,6 @@ USER_ROLES = {
     "parent": "contact",
     "relative": "contact",
 }
-ROLE_SWITCH = {
-    "student": "students",
-    "teacher": "teachers",
-    "administrator": "administrators",
-    "aide": "staff",
-    "staff": "staff",
-    "contact": "contacts",
-}
 
 
 def _col(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -392,17 +387,20 @@ MAPPERS = {
 }
 
 
-def entity_modes(modes: dict[str, str], entities: Entities) -> dict[str, str]:
-    """The feed mode of each canonical entity: ``bulk``, ``delta`` or ``absent``.
+def entity_modes(modes: Mapping[str, str], entities: Entities) -> dict[str, Completeness]:
+    """How completely the feed carries each canonical entity (``bulk``, ``delta``, ``absent``).
 
     An entity the portal does not sync counts as absent: the diff leaves it alone.
     """
-    out = {entity.name: modes.get(stem, "absent") for stem, (entity, _) in MAPPERS.items()}
+    out = {
+        entity.name: Completeness(modes.get(stem, "absent"))
+        for stem, (entity, _) in MAPPERS.items()
+    }
     out[model.USER_ORGANIZATIONS.name] = out[model.USERS.name]
     if not entities.sections:
-        out[model.SECTIONS.name] = "absent"
+        out[model.SECTIONS.name] = Completeness.ABSENT
     if not entities.sections or not entities.enrollments:
-        out[model.ENROLLMENTS.name] = "absent"
+        out[model.ENROLLMENTS.name] = Completeness.ABSENT
     return out
 
 
@@ -416,6 +414,8 @@ def to_canonical(tables: dict[str, pd.DataFrame], entities: Entities) -> dict[st
         users = frames["users"]
         # Leave out the roles the portal switches off, and only those: a blank or unknown role
         # is bad data that validation must see (dropped here, a bulk file would archive it).
-        unwanted = [role for role, switch in ROLE_SWITCH.items() if not getattr(entities, switch)]
+        unwanted = [
+            role for role, switch in model.ROLE_SWITCH.items() if not getattr(entities, switch)
+        ]
         frames["users"] = users[~users["role"].isin(unwanted)].reset_index(drop=True)
     return frames

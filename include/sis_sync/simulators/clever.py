@@ -73,6 +73,7 @@ serve a generated district until SIGINT/SIGTERM. The token is never logged.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import hmac
 import math
@@ -80,7 +81,7 @@ import os
 import threading
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -215,6 +216,15 @@ class CleverData:
     terms: dict[str, dict[str, Any]] = field(default_factory=dict)
     courses: dict[str, dict[str, Any]] = field(default_factory=dict)
     ids: dict[str, str] = field(default_factory=dict)
+
+    def without_terms_or_courses(self) -> CleverData:
+        """This district as one that shares neither terms nor courses with the app (both are
+        optional Clever data types): its sections then name neither."""
+        sections = {
+            key: {k: v for k, v in section.items() if k not in ("term_id", "course")}
+            for key, section in self.sections.items()
+        }
+        return dataclasses.replace(self, sections=sections, terms={}, courses={})
 
     def resources(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Every list endpoint's records, keyed by the endpoint's resource name."""
@@ -642,6 +652,8 @@ class CleverSimulator(LocalServer):
         self._events: list[dict[str, Any]] = []
         self._event_ids: list[str] = []
         self._faults: list[_Fault] = []
+        self._losing: dict[tuple[str, str | None], int] = {}
+        self._hidden: dict[str, set[str]] = {}
         self._ids = _IdFactory()
 
     def __repr__(self) -> str:
@@ -671,9 +683,23 @@ class CleverSimulator(LocalServer):
         """Answer the next ``count`` requests with 429, resetting ``reset_in`` seconds later."""
         self._add_fault(_Fault(429, count, self._prefix(path_prefix), {}, reset_in=reset_in))
 
+    def lose_next_link(self, resource: str, *, page: int = 1, role: str | None = None) -> None:
+        """Serve the ``page``-th page of the next read of ``resource`` (with ``role``, for
+        users) without its ``next`` link, once: a server losing the rest of a list mid-read."""
+        with self._lock:
+            self._losing[(resource, role)] = page
+
+    def hide_from_lists(self, resource: str, ids: Iterable[str]) -> None:
+        """Leave ``ids`` out of ``resource``'s list pages and counts, while still serving them
+        by id: a list that loses records without its paging showing it."""
+        with self._lock:
+            self._hidden.setdefault(resource, set()).update(ids)
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._losing.clear()
+            self._hidden.clear()
 
     @staticmethod
     def _prefix(path_prefix: str) -> str:
@@ -804,6 +830,8 @@ class CleverSimulator(LocalServer):
             ids = self._sorted_ids(resource)
             if role:
                 ids = [i for i in ids if records[i].get("roles", {}).get(role) is not None]
+            if self._hidden.get(resource):
+                ids = [i for i in ids if i not in self._hidden[resource]]
             if self._one(query, "count") == "true":
                 return Answer(200, {"count": len(ids)})
             page = self._page(ids, query, limit)
@@ -811,7 +839,13 @@ class CleverSimulator(LocalServer):
                 {"data": copy.deepcopy(records[i]), "uri": f"{API_PREFIX}/{resource}/{i}"}
                 for i in page
             ]
-        return Answer(200, {"data": rows, "links": self._links(ids, page, path, query, limit)})
+            links = self._links(ids, page, path, query, limit)
+            if (resource, role) in self._losing:
+                self._losing[(resource, role)] -= 1
+                if self._losing[(resource, role)] <= 0:
+                    del self._losing[(resource, role)]
+                    links = [link for link in links if link["rel"] != "next"]
+        return Answer(200, {"data": rows, "links": links})
 
     def _page(self, ids: Sequence[str], query: dict[str, list[str]], limit: int) -> list[str]:
         after = self._one(query, "starting_after")
