@@ -50,7 +50,7 @@ class DiffInput:
     synced_roles: frozenset[str] = frozenset(model.USER_ROLES)
     school_year: tuple[str, str] | None = None
     # In a delta, the children of each listed parent are complete for that parent: a user row
-    # lists all its organizations (always), a Clever section event all its members.
+    # lists all its organizations (always), a section event from a provider all its members.
     complete_per_parent: Mapping[str, tuple[str, str]] = field(
         default_factory=lambda: {"user_organizations": ("user_key", "users")}
     )
