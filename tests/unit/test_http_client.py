@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -195,7 +196,10 @@ def test_oauth1_signature_equals_the_rfc_5849_example():
         oauth1_signature.base_string_uri(url),
         oauth1_signature.normalize_parameters(oauth + query),
     )
-    assert oauth1_signature.sign_hmac_sha1(base, "kd94hf93k423kf44", "pfkkdhi9sl3r4s00") == expected
+    client = SimpleNamespace(
+        client_secret="kd94hf93k423kf44", resource_owner_secret="pfkkdhi9sl3r4s00"
+    )
+    assert oauth1_signature.sign_hmac_sha1_with_client(base, client) == expected
 
     signer = oauth1_signer(
         "dpf43f3p2l4k3l03",
