@@ -625,7 +625,9 @@ def _load_results(out: Path) -> list[dict[str, Any]]:
         if path.name.endswith(".partial.json"):
             continue
         with contextlib.suppress(ValueError, OSError):
-            results.append(json.loads(path.read_text()))
+            result = json.loads(path.read_text())
+            if "preset" in result:  # other benchmarks (admin_pages) keep results here too
+                results.append(result)
     order = {p: i for i, p in enumerate(PRESET_ORDER)}
     return sorted(results, key=lambda r: (order.get(r.get("preset"), 99), r.get("preset", "")))
 
