@@ -438,16 +438,16 @@ class Standalone:
         what = f"{task_id} of {run_id} to be {' or '.join(states)}"
         return self._wait_on_run(what, dag_id, run_id, reached, timeout)
 
-    def pending_approval(
-        self, dag_id: str, run_id: str, timeout: float = 300, settle: float = 5
-    ) -> dict[str, Any]:
+    def pending_approval(self, dag_id: str, run_id: str, timeout: float = 300) -> dict[str, Any]:
         """Until the run's approval step waits for an answer; returns its request. Requests
         of earlier tries that nobody answered (their run was marked failed, then cleared)
         stay listed as pending: only the try now awaiting input counts.
 
-        Then ``settle`` seconds pass before the caller answers: Airflow 3.3 marks the task
-        failed when an answer re-queues it before the scheduler has read the executor's
-        report of the pause (seen with answers within a second; a person takes longer)."""
+        It returns only once the scheduler has read the executor's report of the pause:
+        Airflow 3.3 marks the task failed ("state changed externally") when an answer
+        re-queues it before that report is read, and the worker's report may come several
+        seconds after the task shows ``awaiting_input`` (5.7 s seen on a busy SQLite
+        standalone). A person takes longer; a test answers at once."""
 
         def pending() -> dict[str, Any] | None:
             self._check_alive()
@@ -467,8 +467,30 @@ class Standalone:
         request = self._wait_on_run(
             f"the approval request of {run_id}", dag_id, run_id, pending, timeout
         )
-        time.sleep(settle)
+        self._wait_pause_reported(dag_id, run_id, request["task_instance"]["try_number"])
         return request
+
+    def _wait_pause_reported(self, dag_id: str, run_id: str, try_number: int) -> None:
+        """Until the scheduler's log shows it read the executor's event for this try of the
+        approval step (the pause); then a moment for the scheduler to finish that loop."""
+        key = (
+            f"Received executor event with state success for task instance TaskInstanceKey("
+            f"dag_id='{dag_id}', task_id='await_approval', run_id='{run_id}', "
+            f"try_number={try_number},"
+        )
+
+        def reported() -> bool:
+            self._check_alive()
+            return key in self.log_path.read_text(errors="replace")
+
+        wait_until(
+            f"the scheduler to read the pause of {run_id} try {try_number}",
+            reported,
+            timeout=120,
+            interval=0.5,
+            on_timeout=self.log_tail,
+        )
+        time.sleep(1)
 
     def answer(self, dag_id: str, run_id: str, option: str) -> dict[str, Any]:
         """Answer the run's waiting approval step with Approve or Reject."""
