@@ -21,7 +21,7 @@ from include.sis_sync.providers.oneroster_csv import (
     read_manifest,
     to_canonical,
 )
-from tests.helpers import write_csv_drop
+from tests.helpers import portal_dict, write_csv_drop
 
 ORGS = (
     "sourcedId,status,dateLastModified,name,type,identifier,parentSourcedId\n"
@@ -548,20 +548,160 @@ def test_header_not_utf8_fails_naming_the_file(tmp_path: Path) -> None:
     assert f"{folder}/orgs.csv" in str(info.value)
 
 
-def test_data_not_utf8_fails_naming_the_file(tmp_path: Path) -> None:
-    orgs = "sourcedId,name,type\ns1,Jos\xe9 High,school\n".encode("latin-1")
+def test_data_not_utf8_fails_naming_file_line_and_column_not_the_value(tmp_path: Path) -> None:
+    orgs = "sourcedId,name,type\ns1,North,school\ns2,Jos\xe9 High,school\n".encode("latin-1")
     folder = write_csv_drop(tmp_path / "drop", {"orgs": orgs})  # type: ignore[dict-item]
-    with pytest.raises(DropError, match="UTF") as info:
+    with pytest.raises(DropError) as info:
         read_drop(str(folder))
-    assert f"{folder}/orgs.csv" in str(info.value)
+    assert str(info.value) == (
+        f"{folder}/orgs.csv: line 3, column 'name': not UTF-8 text (Latin-1 or another "
+        "encoding?); OneRoster CSV files are UTF-8"
+    )
 
 
-def test_ragged_row_fails_naming_the_file(tmp_path: Path) -> None:
-    orgs = "sourcedId,name,type\ns1,North High,school,extra,cells\n"
+def test_utf16_file_fails_saying_so(tmp_path: Path) -> None:
+    orgs = "sourcedId,name,type\ns1,North,school\n".encode("utf-16")
+    folder = write_csv_drop(tmp_path / "drop", {"orgs": orgs})  # type: ignore[dict-item]
+    with pytest.raises(DropError, match="the file is UTF-16 text; OneRoster CSV files are UTF-8"):
+        read_drop(str(folder))
+
+
+PERSON = "Zoë O'Brien,zobrien@example.org"
+
+
+def test_ragged_row_fails_naming_file_and_line_never_the_row(tmp_path: Path) -> None:
+    users = (
+        "sourcedId,orgSourcedIds,role,username,givenName,familyName\n"
+        "u1,s1,student,amy,Amy,Ames\n"
+        f"u2,s1,student,zob,{PERSON},extra\n"
+    )
+    folder = write_csv_drop(tmp_path / "drop", {"users": users})
+    with pytest.raises(DropError) as info:
+        read_drop(str(folder))
+    assert str(info.value) == (
+        f"{folder}/users.csv: line 3: 7 values where the header row has 6 columns "
+        "(an unquoted comma or a missing value?)"
+    )
+
+
+def test_unbalanced_quote_fails_naming_the_line_never_the_row(tmp_path: Path) -> None:
+    users = (
+        "sourcedId,orgSourcedIds,role,username,givenName,familyName\n"
+        "u1,s1,student,amy,Amy,Ames\n"
+        "u2,s1,student,zob,\"Zoë,O'Brien\n"
+        "u3,s1,student,bo,Bo,Bell\n"
+    )
+    folder = write_csv_drop(tmp_path / "drop", {"users": users})
+    with pytest.raises(DropError) as info:
+        read_drop(str(folder))
+    message = str(info.value)
+    assert message.startswith(f"{folder}/users.csv: line 3: ")
+    assert "never closed" in message
+    assert "Zo" not in message and "Brien" not in message and "bo" not in message.split(": ", 1)[1]
+
+
+def test_a_one_megabyte_value_is_read_for_validation_to_judge(tmp_path: Path) -> None:
+    orgs = f"sourcedId,name,type\ns1,{'x' * 1_000_000},school\ns2,South,school\n"
     folder = write_csv_drop(tmp_path / "drop", {"orgs": orgs})
-    with pytest.raises(DropError, match="not a readable CSV") as info:
+    assert read_drop(str(folder)).row_counts() == {"orgs": 2}
+
+
+def test_manifest_supplying_no_file_is_refused(tmp_path: Path) -> None:
+    folder = write_csv_drop(tmp_path / "drop", {})
+    with pytest.raises(DropError) as info:
         read_drop(str(folder))
-    assert f"{folder}/orgs.csv" in str(info.value)
+    assert str(info.value).startswith(f"{folder}/manifest.csv: supplies no roster file")
+
+
+# --------------------------------------------------------------------------------------------
+# Zip entries and size limits
+# --------------------------------------------------------------------------------------------
+
+ONE_ORG = "sourcedId,name,type\ns1,North,school\n"
+MANIFEST = "propertyName,value\nfile.orgs,bulk\n"
+
+
+def _zip(path: Path, entries: list[tuple[str, str | bytes]]) -> Path:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of a duplicate name: that is the attack
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, text in entries:
+                archive.writestr(name, text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "evil", ["zzz/../evil/orgs.csv", "../orgs.csv", "/etc/orgs.csv", "a\\..\\orgs.csv"]
+)
+def test_zip_entry_climbing_out_is_refused_by_name(tmp_path: Path, evil: str) -> None:
+    archive = _zip(
+        tmp_path / "drop.zip", [("manifest.csv", MANIFEST), ("orgs.csv", ONE_ORG), (evil, ONE_ORG)]
+    )
+    with pytest.raises(DropError) as info:
+        read_drop(str(archive))
+    assert str(info.value) == (
+        f"{archive}: zip entry {evil!r} climbs out of the drop's folder; the drop is refused"
+    )
+
+
+def test_zip_entry_named_twice_is_refused(tmp_path: Path) -> None:
+    archive = _zip(
+        tmp_path / "drop.zip",
+        [("manifest.csv", MANIFEST), ("orgs.csv", ONE_ORG), ("orgs.csv", ONE_ORG.replace("N", "S"))],
+    )
+    with pytest.raises(DropError, match=r"zip holds 'orgs\.csv' more than once"):
+        read_drop(str(archive))
+
+
+def test_zip_files_in_other_folders_do_not_count(tmp_path: Path) -> None:
+    other = "sourcedId,name,type\nevil,Evil,school\n"
+    archive = _zip(
+        tmp_path / "drop.zip",
+        [("manifest.csv", MANIFEST), ("orgs.csv", ONE_ORG), ("old/orgs.csv", other)],
+    )
+    assert read_drop(str(archive)).tables["orgs"]["sourcedId"].to_pylist() == ["s1"]
+
+
+def test_zip_with_the_drop_in_one_folder_reads_that_folder(tmp_path: Path) -> None:
+    entries = [("2026-09-01/manifest.csv", MANIFEST), ("2026-09-01/orgs.csv", ONE_ORG)]
+    archive = _zip(tmp_path / "drop.zip", entries)
+    assert read_drop(str(archive)).row_counts() == {"orgs": 1}
+
+
+def test_zip_with_two_manifest_folders_is_refused(tmp_path: Path) -> None:
+    archive = _zip(
+        tmp_path / "drop.zip",
+        [("a/manifest.csv", MANIFEST), ("a/orgs.csv", ONE_ORG), ("b/manifest.csv", MANIFEST)],
+    )
+    with pytest.raises(DropError, match=r"manifest\.csv appears in 2 folders"):
+        read_drop(str(archive))
+
+
+def test_file_past_the_size_limit_is_refused(tmp_path: Path) -> None:
+    folder = write_csv_drop(tmp_path / "drop", {"orgs": ONE_ORG + "s2,South,school\n" * 1000})
+    limits = oneroster_csv.DropLimits(max_file_bytes=4096)
+    with pytest.raises(DropError) as info:
+        read_drop(str(folder), limits)
+    assert str(info.value).startswith(f"{folder}/orgs.csv: 0.0 MiB, past the limit of")
+    assert "(source.max_file_mb); refused" in str(info.value)
+
+
+def test_zip_bomb_is_refused_before_it_is_unpacked(tmp_path: Path) -> None:
+    bomb = ONE_ORG + ("s2,South,school\n" * 200_000)  # ~3 MB of one line repeated
+    archive = _zip(tmp_path / "drop.zip", [("manifest.csv", MANIFEST), ("orgs.csv", bomb)])
+    with pytest.raises(DropError, match="refused as a zip bomb") as info:
+        read_drop(str(archive), oneroster_csv.DropLimits(max_ratio=50))
+    assert str(info.value).startswith(f"{archive}/orgs.csv: unpacks to ")
+
+
+def test_portal_limits_reach_the_reader(tmp_path: Path) -> None:
+    from include.sis_sync.config import Portal
+
+    source = {"provider": "oneroster_csv", "path": "x", "max_file_mb": 1, "max_zip_ratio": 20}
+    portal = Portal.model_validate(portal_dict(source=source))
+    assert portal.source.limits() == oneroster_csv.DropLimits(1024**2, 20.0)
 
 
 # --------------------------------------------------------------------------------------------

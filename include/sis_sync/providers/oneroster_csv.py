@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
+import posixpath
 import re
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -17,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
@@ -104,23 +106,125 @@ def locate_drop(template: str, drop_date: date | None) -> tuple[str, date | None
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DropLimits:
+    """How large a drop may be. A file past ``max_file_bytes`` is refused before it is read,
+    and so is a zip entry past ``RATIO_FLOOR`` that unpacks to more than ``max_ratio`` times
+    its packed size (a zip bomb); a file is read whole, so memory stays within the limit."""
+
+    max_file_bytes: int = 2 * 1024**3
+    max_ratio: float = 100.0
+
+
+# Small files compress as they like: the ratio is judged only past this unpacked size.
+RATIO_FLOOR = 1024**2
+# pyarrow parses in blocks holding whole rows: a row longer than one block is unreadable, so
+# blocks are large enough for any row that validation then judges (a 1 MB value, say).
+BLOCK_BYTES = 16 * 1024**2
+
+
+class DropFiles:
+    """The files of one drop (a folder or a zip) by name, opened within the limits.
+
+    Only the drop's own top-level files count, or in a zip, those of the one folder that
+    holds ``manifest.csv``; a zip entry whose name climbs out (``..``, an absolute path) or
+    names a file twice is refused by name, never matched by its base name.
+    """
+
+    def __init__(self, path: str, limits: DropLimits) -> None:
+        self.path, self.limits = path, limits
+        self._archive: zipfile.ZipFile | None = None
+        if zipfile.is_zipfile(path):
+            self._archive = zipfile.ZipFile(path)
+            self._members: dict[str, zipfile.ZipInfo] = _zip_members(self._archive, path)
+            self.names = set(self._members)
+        elif Path(path).is_dir():
+            self.names = {p.name for p in Path(path).iterdir() if p.is_file()}
+        else:
+            raise DropError(f"{path}: a drop is a folder or a .zip file, and this is neither")
+
+    def close(self) -> None:
+        if self._archive is not None:
+            self._archive.close()
+
+    def read(self, name: str) -> bytes:
+        """The file's bytes, refused by name when past the drop's limits."""
+        where = f"{self.path}/{name}"
+        limit = self.limits.max_file_bytes
+        if self._archive is None:
+            size = (Path(self.path) / name).stat().st_size
+            _check_size(where, size, limit)
+            return (Path(self.path) / name).read_bytes()
+        info = self._members[name]
+        _check_size(where, info.file_size, limit)
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > RATIO_FLOOR and ratio > self.limits.max_ratio:
+            raise DropError(
+                f"{where}: unpacks to {ratio:.0f} times its packed size, past the limit of "
+                f"{self.limits.max_ratio:g} (source.max_zip_ratio); refused as a zip bomb"
+            )
+        with self._archive.open(info) as stream:
+            data = stream.read(limit + 1)
+        _check_size(where, len(data), limit)
+        return data
+
+
+def _check_size(where: str, size: int, limit: int) -> None:
+    if size > limit:
+        raise DropError(
+            f"{where}: {size / 1024**2:.1f} MiB, past the limit of {limit / 1024**2:g} MiB "
+            "(source.max_file_mb); refused"
+        )
+
+
+def _zip_members(archive: zipfile.ZipFile, path: str) -> dict[str, zipfile.ZipInfo]:
+    """The zip's files of the drop's folder (its top level, or the one folder holding the
+    manifest), by name; any entry that climbs out of its folder fails the whole drop."""
+    files = [info for info in archive.infolist() if not info.is_dir()]
+    for info in files:
+        name = info.filename.replace("\\", "/")
+        if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in name.split("/"):
+            raise DropError(
+                f"{path}: zip entry {info.filename!r} climbs out of the drop's folder; "
+                "the drop is refused"
+            )
+    manifests = sorted(
+        posixpath.dirname(posixpath.normpath(i.filename))
+        for i in files
+        if posixpath.basename(i.filename) == "manifest.csv"
+    )
+    root = "" if "" in manifests or not manifests else manifests[0]
+    if root and len(manifests) > 1:
+        raise DropError(
+            f"{path}: manifest.csv appears in {len(manifests)} folders of the zip "
+            f"({', '.join(repr(m) for m in manifests)}); a drop holds one"
+        )
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in files:
+        normal = posixpath.normpath(info.filename)
+        if posixpath.dirname(normal) != root:
+            continue
+        name = posixpath.basename(normal)
+        if name in members:
+            raise DropError(f"{path}: zip holds {normal!r} more than once; the drop is refused")
+        members[name] = info
+    return members
+
+
 @contextmanager
-def _opener(path: str) -> Iterator[tuple[set[str], object]]:
-    """Yield the names in a drop and a function opening one of them as a binary stream."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = {Path(n).name: n for n in archive.namelist() if not n.endswith("/")}
-            yield set(names), lambda name: archive.open(names[name])
-    elif Path(path).is_dir():
-        folder = Path(path)
-        yield {p.name for p in folder.iterdir()}, lambda name: open(folder / name, "rb")  # noqa: SIM115
-    else:
-        raise DropError(f"{path}: a drop is a folder or a .zip file, and this is neither")
-
-
-def _header(stream: IO[bytes], where: str) -> list[str]:
+def _opened(path: str, limits: DropLimits) -> Iterator[DropFiles]:
+    files = DropFiles(path, limits)
     try:
-        line = stream.readline().decode("utf-8-sig").rstrip("\r\n")
+        yield files
+    finally:
+        files.close()
+
+
+def _header(data: bytes, where: str) -> list[str]:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DropError(f"{where}: the file is UTF-16 text; OneRoster CSV files are UTF-8")
+    try:
+        line = data.split(b"\n", 1)[0].decode("utf-8-sig").rstrip("\r\n")
     except UnicodeDecodeError as exc:
         raise DropError(
             f"{where}: the header row is not UTF-8 text (byte {exc.start} cannot be decoded)"
@@ -143,12 +247,10 @@ def _columns(header: list[str], where: str) -> list[str]:
     return columns
 
 
-def _read_table(open_file: object, name: str, where: str) -> pa.Table:
+def _read_table(files: DropFiles, name: str, where: str) -> pa.Table:
     """Read one CSV with every column as text; tolerate a byte-order mark and CRLF."""
-    with open_file(name) as stream:  # type: ignore[operator]
-        columns = _columns(_header(stream, where), where)
-    with open_file(name) as stream:  # type: ignore[operator]
-        data = stream.read()
+    data = files.read(name)
+    columns = _columns(_header(data, where), where)
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     if not data.endswith((b"\n", b"\r")):
@@ -156,9 +258,11 @@ def _read_table(open_file: object, name: str, where: str) -> pa.Table:
         # refuse to skip its header row.
         data += b"\n"
     try:
-        table = pacsv.read_csv(
+        return pacsv.read_csv(
             pa.py_buffer(data),
-            read_options=pacsv.ReadOptions(column_names=columns, skip_rows=1),
+            read_options=pacsv.ReadOptions(
+                column_names=columns, skip_rows=1, block_size=BLOCK_BYTES
+            ),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in columns},
@@ -166,17 +270,46 @@ def _read_table(open_file: object, name: str, where: str) -> pa.Table:
                 quoted_strings_can_be_null=False,
             ),
         )
-    except pa.ArrowInvalid as exc:
-        raise DropError(f"{where}: not a readable CSV file: {exc}") from None
-    return table
+    except pa.ArrowInvalid:
+        # pyarrow's message quotes the broken row: a student's name and email. Say where
+        # instead, found again with the csv module.
+        raise DropError(_where_broken(data, columns, where)) from None
 
 
-def read_manifest(path: str) -> dict[str, str]:
+def _where_broken(data: bytes, columns: list[str], where: str) -> str:
+    """The line (and column) where a CSV that pyarrow refused first breaks; never a value."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        line = data.count(b"\n", 0, exc.start) + 1
+        before = data[line_start : exc.start].decode("utf-8", errors="replace")
+        column = columns[min(len(next(csv.reader([before]), [""])), len(columns)) - 1]
+        return (
+            f"{where}: line {line}, column {column!r}: not UTF-8 text (Latin-1 or another "
+            "encoding?); OneRoster CSV files are UTF-8"
+        )
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 1
+    try:
+        for row in reader:
+            if reader.line_num > 1 and row and len(row) != len(columns):
+                return (
+                    f"{where}: line {start}: {len(row)} values where the header row has "
+                    f"{len(columns)} columns (an unquoted comma or a missing value?)"
+                )
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        return f"{where}: line {start}: {exc} (a quote opened in this record is never closed?)"
+    return f"{where}: not a readable CSV file (its rows could not be parsed)"
+
+
+def read_manifest(path: str, limits: DropLimits | None = None) -> dict[str, str]:
     """``manifest.csv`` as a dict of ``propertyName -> value``."""
-    with _opener(path) as (names, open_file):
-        if "manifest.csv" not in names:
+    with _opened(path, limits or DropLimits()) as files:
+        if "manifest.csv" not in files.names:
             raise DropError(f"{path}: manifest.csv is missing from the drop")
-        table = _read_table(open_file, "manifest.csv", f"{path}/manifest.csv")
+        table = _read_table(files, "manifest.csv", f"{path}/manifest.csv")
     if table.column_names[:2] != ["propertyName", "value"]:
         raise DropError(
             f"{path}/manifest.csv: the header must be 'propertyName,value', "
@@ -199,24 +332,32 @@ def file_modes(manifest: dict[str, str], path: str) -> dict[str, str]:
     return modes
 
 
-def read_drop(path: str) -> RawDrop:
+def read_drop(path: str, limits: DropLimits | None = None) -> RawDrop:
     """Read every roster file the manifest supplies, checking that each is there and usable.
 
-    Checks everything before returning, so a bad drop stages nothing.
+    Checks everything before returning, so a bad drop stages nothing. A drop whose manifest
+    supplies no roster file is refused: committing it would change nothing yet count as the
+    newest drop, and older drops would then be refused.
     """
-    modes = file_modes(read_manifest(path), path)
+    limits = limits or DropLimits()
+    modes = file_modes(read_manifest(path, limits), path)
+    if all(mode == "absent" for mode in modes.values()):
+        raise DropError(
+            f"{path}/manifest.csv: supplies no roster file (every file.* is absent or not "
+            "listed); a drop must carry at least one entity"
+        )
     drop = RawDrop(path=path, modes=modes)
-    with _opener(path) as (names, open_file):
+    with _opened(path, limits) as files:
         for stem, mode in modes.items():
             if mode == "absent":
                 continue
             filename = f"{stem}.csv"
             where = f"{path}/{filename}"
-            if filename not in names:
+            if filename not in files.names:
                 raise DropError(
                     f"{where}: manifest.csv lists file.{stem}={mode} but the drop has no {filename}"
                 )
-            table = _read_table(open_file, filename, where)
+            table = _read_table(files, filename, where)
             required = REQUIRED_COLUMNS[stem] + (DELTA_COLUMNS if mode == "delta" else ())
             missing = [c for c in required if c not in table.column_names]
             if missing:

@@ -41,12 +41,19 @@ class FileDropSource(SourceConfig):
     A relative path is taken from ``SIS_SYNC_DROPS_DIR``. A scheduled run whose dated drop
     has not arrived waits for it up to ``wait_hours``, looking every ``poke_seconds`` and
     holding no worker slot meanwhile (0 hours: fail at once, as manual and backfill runs do).
+    A file past ``max_file_mb``, or a zip entry unpacking to more than ``max_zip_ratio``
+    times its packed size, is refused before it is read.
     """
 
     provider: Literal["oneroster_csv"]
     path: str
     wait_hours: Annotated[float, Field(ge=0, le=24)] = 4.0
     poke_seconds: Annotated[int, Field(ge=5, le=3600)] = 300
+    max_file_mb: Annotated[int, Field(ge=1)] = 2048
+    max_zip_ratio: Annotated[float, Field(ge=1)] = 100.0
+
+    def limits(self) -> oneroster_csv.DropLimits:
+        return oneroster_csv.DropLimits(self.max_file_mb * 1024**2, self.max_zip_ratio)
 
     @property
     def dated(self) -> bool:
@@ -113,7 +120,7 @@ class OneRosterCsvProvider(Provider):
                 source=path,
                 source_date=drop_date,
             )
-        drop = oneroster_csv.read_drop(path)
+        drop = oneroster_csv.read_drop(path, ctx.portal.source.limits())
         modes = oneroster_csv.entity_modes(drop.modes, ctx.portal.entities)
         return ExtractResult(
             tables=drop.tables,
