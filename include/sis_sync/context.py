@@ -51,7 +51,7 @@ class RunContext:
         return list(self.params.get("schools") or []) or None
 
     def data(self, run_id: int) -> RunData:
-        return RunData.for_run(self.portal.id, run_id)
+        return RunData.for_run(self.portal.id, run_id, get_run(self.engine, run_id).get("data_key"))
 
 
 @contextmanager

@@ -54,6 +54,15 @@ class DiffInput:
     complete_per_parent: Mapping[str, tuple[str, str]] = field(
         default_factory=lambda: {"user_organizations": ("user_key", "users")}
     )
+    # entity -> keys of rows the feed carried but validation left out (a bad reference):
+    # not absent, so never archived for missing.
+    left_out: Mapping[str, pd.Series] = field(default_factory=dict)
+
+    def carried(self, entity: model.Entity, snapshot: pd.DataFrame) -> pd.Series:
+        """Keys the feed carried for ``entity``: its rows, and the rows left out."""
+        held = self.left_out.get(entity.name)
+        keys = snapshot["sis_key"]
+        return keys if held is None or held.empty else pd.concat([keys, held])
 
 
 @dataclass
@@ -231,7 +240,8 @@ def diff_entity(entity: model.Entity, snapshot: pd.DataFrame, diff_in: DiffInput
         _frame(entity, UPDATE, merged[active & changed], "changed"),
     ]
     if mode == "bulk":
-        missing = ~model.key_in(current["sis_key"], live["sis_key"])
+        carried = diff_in.carried(entity, live)
+        missing = ~model.key_in(current["sis_key"], carried)
         gone = _archivable(current, entity, diff_in) & missing
         parts.append(_frame(entity, ARCHIVE, current[gone], "absent from feed"))
     elif mode == "delta":
@@ -258,7 +268,7 @@ def _delta_children(
     gone = (
         current["active"].astype(bool)
         & model.key_in(current[column], listed)
-        & ~model.key_in(current["sis_key"], snapshot["sis_key"])
+        & ~model.key_in(current["sis_key"], diff_in.carried(entity, snapshot))
         & in_scope(current, entity, diff_in.scope.archivable)
     )
     return _frame(entity, ARCHIVE, current[gone], f"no longer listed by its {parent}")

@@ -3,7 +3,9 @@
 Per kind (users by primary role, sections, enrollments, organizations) the archives a sync
 proposes are counted against that kind's active records in the sync's scope, portal-wide and
 per school; updates likewise. A guard trips when both the percent and the count thresholds are
-passed. A guard never fails a task: it only decides whether a human must approve.
+passed, and an archive guard also whenever a sync would archive every active record of its kind
+(in a school or portal-wide), however few: losing a whole kind is never routine. A guard never
+fails a task: it only decides whether a human must approve.
 """
 
 from __future__ import annotations
@@ -34,11 +36,17 @@ class GuardResult:
     percent: float
     tripped: bool
 
+    @property
+    def every_one(self) -> bool:
+        """Archives of every active record of the kind, where there are any."""
+        return self.action == ARCHIVE and self.active > 0 and self.count >= self.active
+
     def describe(self) -> str:
         where = f"school {self.school}" if self.school else "portal-wide"
+        every = ": every active one" if self.every_one else ""
         return (
             f"{self.action}s of {self.kind} ({where}): {self.count} of {self.active} active "
-            f"({self.percent:.1f} %)"
+            f"({self.percent:.1f} %){every}"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -103,18 +111,17 @@ def _tally(
             continue
         total = int(totals.get(key, 0))
         share = 100.0 * count / total if total else 100.0
-        tripped = count > minimum and share > percent
-        results.append(
-            GuardResult(
-                action,
-                str(kind),
-                str(school) if by_school else None,
-                int(count),
-                total,
-                round(share, 2),
-                tripped,
-            )
+        result = GuardResult(
+            action,
+            str(kind),
+            str(school) if by_school else None,
+            int(count),
+            total,
+            round(share, 2),
+            count > minimum and share > percent,
         )
+        result.tripped = result.tripped or result.every_one
+        results.append(result)
     return results
 
 

@@ -42,6 +42,7 @@ from include.sis_sync.runs import (
     record_answer,
     record_event,
     release_lock,
+    retire_error,
     update_run,
 )
 from include.sis_sync.staging import write_change_set
@@ -51,6 +52,8 @@ from include.sis_sync.validation import (
     SnapshotInvalid,
     check_oddities,
     check_references,
+    check_text,
+    left_out_keys,
     run_suites,
     warn,
 )
@@ -189,7 +192,7 @@ def validate_snapshot(ctx: RunContext, run_id: int) -> dict[str, Any]:
         warnings += check_oddities(frames, lms[model.USERS.name])
         if model.USERS.name in frames:
             frames[model.USER_ORGANIZATIONS.name] = derive_user_organizations(frames["users"])
-        fatal = run_suites(frames, modes)
+        fatal = check_text(frames) + run_suites(frames, modes)
         data.write_json("findings", [f.as_dict() for f in [*warnings, *fatal]])
         if fatal:
             update_run(ctx.engine, run_id, error=str(SnapshotInvalid(fatal)))
@@ -238,6 +241,7 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
     with timed(ctx, run_id, "diff") as summary:
         data, frames, modes, current = _inputs(ctx, run_id, "validated")
         record = read_record(ctx, run_id)
+        findings = [Finding(**f) for f in data.read_json("findings")]
         scope = _scope(ctx, frames, current)
         frames, outsiders = restrict(frames, scope)
         window = ctx.portal.school_year
@@ -248,6 +252,7 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
                 current=current,
                 scope=scope,
                 synced_roles=_synced_roles(ctx),
+                left_out=left_out_keys(findings),
                 school_year=(window.start.isoformat(), window.end.isoformat()) if window else None,
                 **(
                     {"complete_per_parent": record.complete_per_parent}
@@ -256,7 +261,6 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
                 ),
             ),
         )
-        findings = [Finding(**f) for f in data.read_json("findings")]
         if record.fallback:
             findings.append(Finding("run", "ran_as_full", "warning", 0, [], record.fallback))
         findings += [_sent_none_finding(name, current.get(name)) for name in record.sent_none]
@@ -480,6 +484,7 @@ def commit(ctx: RunContext, run_id: int) -> dict[str, Any]:
             lms_commit.CommitTarget(ctx.portal.id, ctx.provider, slugs),
             checkpoint=checkpoint,
         )
+        retire_error(ctx.engine, run_id)
         summary.update(
             already_committed=result.already_committed,
             applied={e: {a: n for a, n in c.items() if n} for e, c in result.applied.items()},

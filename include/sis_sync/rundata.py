@@ -1,8 +1,10 @@
 """Run-scoped intermediate data: Parquet frames and small JSON files under SIS_SYNC_DATA_URL.
 
-Each run gets its own folder ``<root>/<portal>/run_<id>/<stage>/``, so a retried task
-overwrites only its own output. Run data holds students' personal data, so it is kept for the
-portal's ``retention_days`` and then deleted (``purge_expired``).
+Each run gets its own folder ``<root>/<portal>/run_<id>_<data_key>/<stage>/`` (the key is
+random, kept on the run's row: two LMS databases sharing the root never meet), and a stage
+writes its folder afresh, so a retried task never reads an earlier try's files. Run data
+holds students' personal data, so it is kept for the portal's ``retention_days`` and then
+deleted (``purge_expired``).
 """
 
 from __future__ import annotations
@@ -42,17 +44,21 @@ class RunData:
     portal_id: str
     run_id: int
     root: Path
+    data_key: str | None = None  # None: a run from before migration 0004
 
     @classmethod
-    def for_run(cls, portal_id: str, run_id: int) -> RunData:
-        return cls(portal_id, run_id, data_root())
+    def for_run(cls, portal_id: str, run_id: int, data_key: str | None = None) -> RunData:
+        return cls(portal_id, run_id, data_root(), data_key)
 
     @property
     def folder(self) -> Path:
-        return self.root / self.portal_id / f"run_{self.run_id}"
+        suffix = f"_{self.data_key}" if self.data_key else ""
+        return self.root / self.portal_id / f"run_{self.run_id}{suffix}"
 
     def write_tables(self, stage: str, tables: dict[str, pa.Table]) -> None:
+        """Write a stage's tables into a fresh folder: files of an earlier try go first."""
         folder = self.folder / stage
+        shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
         for name, table in tables.items():
             pq.write_table(table, folder / f"{name}.parquet")

@@ -12,6 +12,7 @@ who and when, for the history and the report.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -205,6 +206,7 @@ def open_run(engine: sa.Engine, request: RunRequest) -> int:
                 schools=json.dumps(request.schools) if request.schools else None,
                 auto_commit=request.auto_commit,
                 allow_mass_archive=request.allow_mass_archive,
+                data_key=uuid.uuid4().hex,
                 created_at=now(),
             )
         )
@@ -229,6 +231,7 @@ def enter_stage(engine: sa.Engine, run_id: int, stage: str) -> None:
         .values(stage=stage),
     ).rowcount
     if entered:
+        retire_error(engine, run_id)
         return
     status = get_run(engine, run_id)["status"]
     detail = (
@@ -237,6 +240,15 @@ def enter_stage(engine: sa.Engine, run_id: int, stage: str) -> None:
     )
     record_event(engine, run_id, "stage_refused", detail)
     raise RunClosed(f"sync {run_id}: {detail}")
+
+
+def retire_error(engine: sa.Engine, run_id: int) -> None:
+    """A try that now goes on (a stage entered again, a commit that went through) leaves an
+    earlier try's error in the run's history, not on the run: a committed sync shows none."""
+    error = get_run(engine, run_id).get("error")
+    if error:
+        record_event(engine, run_id, "earlier_try_failed", error)
+        update_run(engine, run_id, error=None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,6 +34,9 @@ class Finding:
     count: int
     sis_keys: list[str] = field(default_factory=list)
     detail: str = ""
+    # The feed carried these rows, but validation left them out: they are not absent, so
+    # the diff keeps their LMS rows as they are instead of archiving them.
+    left_out: bool = False
 
     def message(self) -> str:
         if not self.count and not self.sis_keys:
@@ -174,6 +177,49 @@ def _finding(entity: str, outcome: dict[str, Any]) -> Finding | None:
 
 
 # --------------------------------------------------------------------------------------------
+# Text that no store holds alike
+# --------------------------------------------------------------------------------------------
+
+MAX_KEY_CHARS = 255  # the LMS's sis_key column
+MAX_TEXT_CHARS = 10_000  # any other text: a whole class list fits; a 1 MB "name" does not
+
+
+def check_text(frames: Mapping[str, pd.DataFrame]) -> list[Finding]:
+    """Fatal findings for text the LMS cannot hold the same way on every store: a NUL byte
+    (PostgreSQL refuses it, SQLite would keep it) and values past the length limits. Both
+    stores then refuse the same feed, before anything is staged; only keys are reported."""
+    findings: list[Finding] = []
+    for name, frame in frames.items():
+        for column in frame.columns:
+            if pd.api.types.is_string_dtype(frame[column]) and len(frame):
+                findings += _text_findings(name, frame, column)
+    return findings
+
+
+def _text_findings(name: str, frame: pd.DataFrame, column: str) -> list[Finding]:
+    values = frame[column]
+    limit = MAX_KEY_CHARS if column == "sis_key" else MAX_TEXT_CHARS
+    checks = (
+        ("text_contains_nul", values.str.contains("\x00", regex=False), "a NUL byte"),
+        ("text_too_long", values.str.len() > limit, f"longer than {limit} characters"),
+    )
+    findings = []
+    for check, hit, detail in checks:
+        hit = hit.fillna(False).astype(bool)
+        if hit.any():
+            keys = list(frame.loc[hit, "sis_key"].head(MAX_KEYS_REPORTED).map(_shown_key))
+            check_name = f"{check}({column})"
+            findings.append(Finding(name, check_name, "fatal", int(hit.sum()), keys, detail))
+    return findings
+
+
+def _shown_key(key: object) -> str:
+    """A key as a message may show it: NUL bytes visible, a runaway key cut short."""
+    text = "" if key is None or key is pd.NA else str(key).replace("\x00", "\\0")
+    return text if len(text) <= 64 else f"{text[:64]}..."
+
+
+# --------------------------------------------------------------------------------------------
 # Reference checks: warnings, with the row or the link dropped
 # --------------------------------------------------------------------------------------------
 
@@ -192,9 +238,19 @@ def _keys(
     return keys
 
 
-def warn(entity: str, check: str, keys: pd.Series, detail: str) -> Finding:
+def warn(entity: str, check: str, keys: pd.Series, detail: str, left_out: bool = False) -> Finding:
     """A warning about the records ``keys`` (every one of them: one warning row each)."""
-    return Finding(entity, check, "warning", len(keys), keys.dropna().astype(str).tolist(), detail)
+    shown = keys.dropna().astype(str).tolist()
+    return Finding(entity, check, "warning", len(keys), shown, detail, left_out)
+
+
+def left_out_keys(findings: list[Finding]) -> dict[str, pd.Series]:
+    """Per entity, the keys of rows the feed carried but validation left out."""
+    keys: dict[str, list[str]] = {}
+    for finding in findings:
+        if finding.left_out:
+            keys.setdefault(finding.entity, []).extend(finding.sis_keys)
+    return {entity: pd.Series(k, dtype="string") for entity, k in keys.items()}
 
 
 def check_references(
@@ -224,7 +280,9 @@ def check_references(
                         "enrollments",
                         f"unknown_{target[:-1]}",
                         enrollments.loc[bad, "sis_key"],
-                        f"{column} names a {target[:-1]} the feed does not carry; row left out",
+                        f"{column} names a {target[:-1]} the feed does not carry; row left out "
+                        "and its LMS row, if any, kept as it is",
+                        left_out=True,
                     )
                 )
                 enrollments = enrollments[~bad]
@@ -309,7 +367,8 @@ def check_oddities(
             )
     enrollments = frames.get("enrollments")
     if users is not None and enrollments is not None and len(enrollments):
-        roles = users.set_index("sis_key")["role"]
+        # Duplicate keys are validation's fatal finding; here the first row stands for its key.
+        roles = users.drop_duplicates("sis_key").set_index("sis_key")["role"]
         user_role = enrollments["user_key"].map(roles)
         conflict = ((enrollments["role"] == "student") & user_role.isin(TEACHING_ROLES)) | (
             enrollments["role"].isin(("teacher", "aide")) & (user_role == "student")

@@ -85,6 +85,8 @@ runs = sa.Table(
     sa.Column("selection_at", sa.DateTime(timezone=True), nullable=True),  # last (un)ticking
     sa.Column("timings", sa.Text, nullable=True),  # JSON {task: seconds}
     sa.Column("error", sa.Text, nullable=True),
+    # Names the run's data folder with its id: see migration 0004.
+    sa.Column("data_key", sa.String(32), nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("committed_at", sa.DateTime(timezone=True), nullable=True),
