@@ -647,10 +647,9 @@ def test_zip_entry_climbing_out_is_refused_by_name(tmp_path: Path, evil: str) ->
 
 
 def test_zip_entry_named_twice_is_refused(tmp_path: Path) -> None:
-    archive = _zip(
-        tmp_path / "drop.zip",
-        [("manifest.csv", MANIFEST), ("orgs.csv", ONE_ORG), ("orgs.csv", ONE_ORG.replace("N", "S"))],
-    )
+    other = ONE_ORG.replace("N", "S")
+    entries = [("manifest.csv", MANIFEST), ("orgs.csv", ONE_ORG), ("orgs.csv", other)]
+    archive = _zip(tmp_path / "drop.zip", entries)
     with pytest.raises(DropError, match=r"zip holds 'orgs\.csv' more than once"):
         read_drop(str(archive))
 
