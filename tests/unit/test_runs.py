@@ -4,6 +4,7 @@ and when, and the portal's lock with its take-over rules."""
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -228,3 +229,36 @@ def test_unlock_command_shows_then_releases_a_lock(
     assert runs.lock_holder(engine, "p1") is None
     assert main(["unlock", "p1", "--url", lms_url]) == 0
     assert "portal p1 is not locked" in capsys.readouterr().out
+
+
+def test_a_stage_that_goes_on_moves_an_earlier_tries_error_to_the_history(lms_url: str) -> None:
+    engine = engine_for(lms_url)
+    run_id = _open(lms_url, "run-1")
+    runs.update_run(engine, run_id, error="extract: ConnectionError: the SIS hung up")
+    runs.enter_stage(engine, run_id, "extract")  # the retry
+    assert runs.get_run(engine, run_id)["error"] is None
+    with engine.connect() as conn:
+        events = conn.execute(
+            sa.text("SELECT event, detail FROM sis_sync_run_events WHERE run_id = :r"),
+            {"r": run_id},
+        ).all()
+    assert events == [("earlier_try_failed", "extract: ConnectionError: the SIS hung up")]
+
+
+def test_run_data_is_keyed_per_run_and_a_stage_is_written_afresh(
+    lms_url: str, data_dir: Path
+) -> None:
+    import pyarrow as pa
+
+    from include.sis_sync.rundata import RunData
+
+    engine = engine_for(lms_url)
+    key = runs.get_run(engine, _open(lms_url, "run-1"))["data_key"]
+    assert key and len(key) == 32
+    first = RunData.for_run("p1", 1, key)
+    again = RunData.for_run("p1", 1, "another-database")  # the same run id elsewhere
+    assert first.folder != again.folder
+    table = pa.table({"sis_key": ["u1"]})
+    first.write_tables("raw", {"users": table, "enrollments": table})
+    first.write_tables("raw", {"users": table})  # a retry whose feed has no enrollments
+    assert sorted(first.read_frames("raw")) == ["users"]
