@@ -45,7 +45,7 @@ from include.sis_sync.runs import (
     retire_error,
     update_run,
 )
-from include.sis_sync.staging import write_change_set
+from include.sis_sync.staging import purge_personal_values, write_change_set
 from include.sis_sync.transform import Scope, build_scope, derive_user_organizations, restrict
 from include.sis_sync.validation import (
     Finding,
@@ -513,8 +513,10 @@ def finish(ctx: RunContext, run_id: int) -> dict[str, Any]:
         update_run(ctx.engine, run_id, finished_at=now())
     release_lock(ctx.engine, ctx.portal.id, run_id)
     purged = purge_expired(ctx.portal.id, ctx.portal.retention_days)
+    forgotten = purge_personal_values(ctx.engine, ctx.portal.id, ctx.portal.retention_days)
     report = build_report(ctx.engine, run_id)
     report["purged_run_folders"] = purged
+    report["purged_staged_values"] = forgotten
     return report
 
 

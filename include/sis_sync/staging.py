@@ -6,8 +6,9 @@ statuses, run status, checkpoint) is one transaction.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import pandas as pd
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 from include.sis_sync.diff import ACTIONS, ChangeSet, label_counts
 from include.sis_sync.lms import schema
 from include.sis_sync.lms.bulk import insert_frame
+from include.sis_sync.lms.db import write_transaction
 from include.sis_sync.runs import AWAITING_APPROVAL, PREPARING, STAGED, RunClosed, move, now
 from include.sis_sync.validation import Finding
 
@@ -197,3 +199,67 @@ def read_warnings(engine: sa.Engine, run_id: int) -> list[dict[str, Any]]:
             .order_by(schema.warnings.c.id)
         ).mappings()
         return [dict(r) for r in rows]
+
+
+# --------------------------------------------------------------------------------------------
+# Retention
+# --------------------------------------------------------------------------------------------
+
+PURGE_CHUNK = 10_000
+
+
+def purge_personal_values(engine: sa.Engine, portal_id: str, retention_days: int) -> int:
+    """Forget the personal values of the portal's syncs that ended over ``retention_days``
+    ago; returns how many syncs were purged.
+
+    Each action keeps what it did (entity, keys, kind, action, status, reason) and the names
+    of the fields an update changed, so a record's history still reads "email changed"; the
+    before and after values go (``{field: null}``), and so do people's names in the labels.
+    """
+    runs, actions = schema.runs, schema.actions
+    cutoff = now() - timedelta(days=retention_days)
+    with write_transaction(engine) as conn:
+        due = [
+            int(r)
+            for r in conn.execute(
+                sa.select(runs.c.id).where(
+                    runs.c.portal_id == portal_id,
+                    runs.c.finished_at < cutoff,
+                    runs.c.purged_at.is_(None),
+                )
+            ).scalars()
+        ]
+        for run_id in due:
+            _forget_values(conn, run_id)
+            conn.execute(
+                sa.update(actions)
+                .where(actions.c.run_id == run_id, actions.c.entity == "users")
+                .values(label=None)
+            )
+        if due:
+            conn.execute(sa.update(runs).where(runs.c.id.in_(due)).values(purged_at=now()))
+    return len(due)
+
+
+def _forget_values(conn: sa.Connection, run_id: int) -> None:
+    """Replace one run's ``{field: [before, after]}`` with ``{field: null}``, in chunks."""
+    actions = schema.actions
+    rows = conn.execute(
+        sa.select(actions.c.id, actions.c.changes).where(
+            actions.c.run_id == run_id, actions.c.changes.is_not(None)
+        )
+    ).all()
+    update = (
+        sa.update(actions)
+        .where(actions.c.id == sa.bindparam("b_id"))
+        .values(changes=sa.bindparam("b_changes"))
+    )
+    for start in range(0, len(rows), PURGE_CHUNK):
+        chunk = rows[start : start + PURGE_CHUNK]
+        conn.execute(
+            update,
+            [
+                {"b_id": i, "b_changes": json.dumps(dict.fromkeys(json.loads(c)), sort_keys=True)}
+                for i, c in chunk
+            ],
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import sqlalchemy as sa
 
@@ -425,3 +427,40 @@ def test_counts_kept_on_the_run_equal_counting_its_actions(lms_url: str, status:
     assert kept == _counted_over_actions(engine, run_id, status)
     if status == "skipped":
         assert sum(n for per in kept.values() for n in per.values()) == 2
+
+
+def test_retention_forgets_staged_personal_values_but_keeps_what_changed(lms_url: str) -> None:
+    from datetime import timedelta
+
+    from include.sis_sync.runs import now
+    from include.sis_sync.staging import purge_personal_values
+
+    engine = engine_for(lms_url)
+    sync(lms_url, district(students={"u1": "sch-a", "u2": "sch-a"}))
+    day2 = district(students={"u1": "sch-a", "u2": "sch-a"})
+    day2["users"].loc[day2["users"]["sis_key"] == "u1", "email"] = "new.mail@example.org"
+    _, old = sync(lms_url, day2)
+    _, recent = sync(lms_url, district(students={"u1": "sch-a"}))
+    set_status(lms_url, old, "committed", finished_at=now() - timedelta(days=31))
+
+    def staged(run_id: int) -> list[tuple]:
+        with engine.connect() as conn:
+            query = (
+                "SELECT entity, action, sis_key, kind, status, changes, label "
+                "FROM sis_sync_actions WHERE run_id = :r ORDER BY id"
+            )
+            return [tuple(r) for r in conn.execute(sa.text(query), {"r": run_id})]
+
+    before_old, before_recent = staged(old), staged(recent)
+    (update,) = [r for r in before_old if r[1] == "update"]
+    assert "new.mail@example.org" in update[5] and update[6]  # values and a name, for now
+
+    assert purge_personal_values(engine, "p1", retention_days=30) == 1
+    after = staged(old)
+    assert [r[:5] for r in after] == [r[:5] for r in before_old]  # what happened stays
+    (update,) = [r for r in after if r[1] == "update"]
+    assert json.loads(update[5]) == {"email": None}  # "email changed", the values gone
+    assert all(r[6] is None for r in after if r[0] == "users")
+    assert staged(recent) == before_recent  # within retention: untouched
+    assert get_run(engine, old)["purged_at"] is not None
+    assert purge_personal_values(engine, "p1", retention_days=30) == 0  # once is enough

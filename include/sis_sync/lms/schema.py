@@ -87,6 +87,8 @@ runs = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     # Names the run's data folder with its id: see migration 0004.
     sa.Column("data_key", sa.String(32), nullable=True),
+    # When retention forgot its actions' personal values (see staging.purge_personal_values).
+    sa.Column("purged_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("committed_at", sa.DateTime(timezone=True), nullable=True),
