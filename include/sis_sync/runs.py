@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from include.sis_sync.lms import schema
+from include.sis_sync.lms.db import write_transaction
 
 RUNNING = "running"  # opened; the stages up to the change set run
 STAGED = "staged"  # diff staged the change set
@@ -76,7 +77,7 @@ def _execute(engine: sa.Engine | sa.Connection, statement: sa.Executable) -> sa.
     """Run one statement in the caller's transaction, or in one of its own."""
     if isinstance(engine, sa.Connection):
         return engine.execute(statement)
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         return conn.execute(statement)
 
 
@@ -176,7 +177,7 @@ def open_run(engine: sa.Engine, request: RunRequest) -> int:
     history keeps it as it was and its change set can never be committed.
     """
     runs = schema.runs
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         latest = (
             conn.execute(
                 sa.select(runs.c.id, runs.c.attempt, runs.c.status, runs.c.stage)
@@ -273,7 +274,7 @@ def record_answer(
     waiting (one whose approval step was cleared after it ended) changes nothing and is
     recorded.
     """
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         # lock the row first: a selection saved now waits, or has already been stamped
         conn.execute(
             sa.update(schema.runs)
@@ -435,7 +436,7 @@ def refuse_commit(engine: sa.Engine, run_id: int, reasons: Sequence[str]) -> str
     """Record a refused commit: a run never decided becomes ``refused``; a decided or ended
     run keeps its status. Returns the message."""
     message = "commit refused: " + "; ".join(reasons)
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         move(conn, run_id, REFUSED, allowed_from=IN_FLIGHT, error=message, finished_at=now())
         record_event(conn, run_id, "commit_refused", message)
     return message
@@ -458,7 +459,7 @@ def acquire_lock(
     """
     locks = schema.locks
     try:
-        with engine.begin() as conn:
+        with write_transaction(engine) as conn:
             holder = conn.execute(
                 sa.select(locks.c.run_id).where(locks.c.portal_id == portal_id)
             ).scalar()
@@ -512,7 +513,7 @@ def _stale_lock(conn: sa.Connection, holder: int, alive: AirflowRunAlive | None)
 
 def release_lock(engine: sa.Engine, portal_id: str, run_id: int) -> None:
     locks = schema.locks
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         conn.execute(
             sa.delete(locks).where(locks.c.portal_id == portal_id, locks.c.run_id == run_id)
         )
@@ -549,7 +550,7 @@ def force_unlock(engine: sa.Engine, portal_id: str, by: str) -> dict[str, Any] |
         return None
     run_id = int(holder["run_id"])
     why = f"the portal's lock was released by hand by {by}"
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         conn.execute(
             sa.delete(schema.locks).where(
                 schema.locks.c.portal_id == portal_id, schema.locks.c.run_id == run_id

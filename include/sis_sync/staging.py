@@ -65,7 +65,7 @@ def write_change_set(
     """Stage the actions and warnings, replacing any a retried diff staged before; each
     warning names the action of its record (when the record has one)."""
     counts = change_set.counts()
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         conn.execute(sa.delete(schema.actions).where(schema.actions.c.run_id == run_id))
         conn.execute(sa.delete(schema.warnings).where(schema.warnings.c.run_id == run_id))
         insert_frame(
@@ -172,7 +172,7 @@ def _select(
     """
     runs = schema.runs
     changed = 0
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         open_for_selection = conn.execute(
             sa.update(runs)
             .where(runs.c.id == run_id, runs.c.status.in_(SELECTABLE))

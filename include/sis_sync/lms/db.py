@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -11,6 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 import sqlalchemy as sa
+import tenacity
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -90,6 +92,16 @@ def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
             yield conn
 
 
+class LMSUnavailable(RuntimeError):
+    """The LMS database refused connections for longer than the project waits."""
+
+
+def connect_seconds() -> float:
+    """How long a connection to the LMS database is retried: ``SIS_SYNC_LMS_CONNECT_SECONDS``
+    (default 60), so a database restarting or failing over does not fail the task at once."""
+    return float(os.environ.get("SIS_SYNC_LMS_CONNECT_SECONDS", "60"))
+
+
 @cache
 def engine_for(url: str) -> sa.Engine:
     """One engine per database URL and process."""
@@ -98,7 +110,32 @@ def engine_for(url: str) -> sa.Engine:
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         sa.event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    sa.event.listen(engine, "do_connect", _connect_retrying)
+    return engine
+
+
+def _connect_retrying(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+    """Open a server connection, retrying refusals with backoff for ``connect_seconds``;
+    then fail with a message naming the server (never its password)."""
+    seconds = connect_seconds()
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_delay(seconds),
+        wait=tenacity.wait_exponential(multiplier=0.25, max=5),
+        retry=tenacity.retry_if_exception_type(dialect.loaded_dbapi.OperationalError),
+        reraise=True,
+    )
+    try:
+        return retrying(dialect.connect, *cargs, **cparams)
+    except dialect.loaded_dbapi.OperationalError as exc:
+        where = (
+            f"{cparams.get('host', '?')}:{cparams.get('port', 5432)}/{cparams.get('dbname', '?')}"
+        )
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise LMSUnavailable(
+            f"the LMS database at {where} refused connections for {seconds:g} s "
+            f"(SIS_SYNC_LMS_CONNECT_SECONDS): {reason}; nothing was changed by this try"
+        ) from None
 
 
 def _alembic_config(connection: sa.Connection) -> Config:
