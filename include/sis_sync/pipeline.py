@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from include.sis_sync import guards, model
+from include.sis_sync import guards, model, school_summary
 from include.sis_sync.context import RunContext, log, timed
 from include.sis_sync.diff import DiffInput, diff_snapshot
 from include.sis_sync.extract import InputMissing, extract, read_record, wait_for_input
@@ -243,6 +243,7 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
         record = read_record(ctx, run_id)
         findings = [Finding(**f) for f in data.read_json("findings")]
         scope = _scope(ctx, frames, current)
+        _keep_school_summary(ctx, run_id, frames, modes)
         frames, outsiders = restrict(frames, scope)
         window = ctx.portal.school_year
         change_set = diff_snapshot(
@@ -292,6 +293,16 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
             warnings=len(findings),
         )
     return summary
+
+
+def _keep_school_summary(
+    ctx: RunContext, run_id: int, frames: Mapping[str, pd.DataFrame], modes: Mapping[str, str]
+) -> None:
+    """A read carrying organizations completely replaces the portal's school summary."""
+    orgs = model.ORGANIZATIONS.name
+    if modes.get(orgs) == Completeness.COMPLETE and orgs in frames:
+        summary = school_summary.summarise(frames, ctx.portal.schools.synced)
+        school_summary.write(ctx.engine, ctx.portal.id, run_id, summary)
 
 
 # The stages that turn a read of the SIS into a staged change set, in order: each reads what

@@ -152,6 +152,23 @@ sa.Index(
 # Written as the index's condition is, so that SQLite sees a query may use it.
 UNTICKED = actions.c.selected == sa.false()
 
+# What the SIS sent of its organizations in its last complete read (school_summary.py).
+schools = sa.Table(
+    "sis_sync_schools",
+    metadata,
+    sa.Column("portal_id", sa.String(64), primary_key=True),
+    sa.Column("sis_key", sa.String(255), primary_key=True),
+    sa.Column("name", sa.Text, nullable=True),
+    sa.Column("kind", sa.String(32), nullable=True),
+    sa.Column("parent_key", sa.String(255), nullable=True),
+    sa.Column("school_number", sa.Text, nullable=True),
+    sa.Column("synced", sa.Boolean, nullable=False),
+    sa.Column("users", sa.Integer, nullable=False),
+    sa.Column("sections", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.Integer, nullable=False),  # the sync whose read this is
+    sa.Column("read_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 warnings = sa.Table(
     "sis_sync_warnings",
     metadata,
