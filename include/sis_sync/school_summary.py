@@ -3,8 +3,8 @@
 The browse pages list the schools the SIS sends, whether the portal syncs them, and how many
 users and sections each had in that read. Run data holds the snapshot only until retention
 deletes it, so the diff stage keeps this summary in ``sis_sync_schools``: one row per school
-(or other organization) of the portal, replaced by each read that carries organizations
-completely. A quick sync (organizations as a delta or absent) leaves it as it was.
+(or other organization) of the portal with its counts, replaced by each read that carries
+organizations completely. A quick sync (organizations as a delta or absent) leaves it as it was.
 """
 
 from __future__ import annotations
@@ -21,17 +21,27 @@ from include.sis_sync.lms.bulk import insert_frame
 from include.sis_sync.lms.db import write_transaction
 from include.sis_sync.runs import now
 
+ROLE_COUNTS = ("student", "teacher", "administrator")
+
 
 def summarise(frames: Mapping[str, pd.DataFrame], synced: frozenset[str] | None) -> pd.DataFrame:
     """One row per organization of the read: its fields, whether the portal syncs it (None:
-    every school), and its active users and sections in the read."""
+    every school), and its active users (all, and by the main roles), sections and
+    enrollments in the read."""
     orgs = frames[model.ORGANIZATIONS.name]
     orgs = orgs[orgs["sis_status"] == model.ACTIVE]
-    users_per_org = _count(frames.get(model.USERS.name), "organizations", split=True)
-    sections_per_org = _count(frames.get(model.SECTIONS.name), "organization_key", split=False)
     is_school = orgs["kind"] == "school"
     synced_flag = is_school if synced is None else is_school & orgs["sis_key"].isin(list(synced))
-    return pd.DataFrame(
+    counts = {
+        "users": _per_org(_memberships(frames.get(model.USERS.name))),
+        **{
+            f"{role}s": _per_org(_memberships(frames.get(model.USERS.name), role))
+            for role in ROLE_COUNTS
+        },
+        "sections": _per_org(_live(frames.get(model.SECTIONS.name), "organization_key")),
+        "enrollments": _per_org(_enrollment_schools(frames)),
+    }
+    summary = pd.DataFrame(
         {
             "sis_key": orgs["sis_key"],
             "name": orgs["name"],
@@ -39,19 +49,44 @@ def summarise(frames: Mapping[str, pd.DataFrame], synced: frozenset[str] | None)
             "parent_key": orgs["parent_key"],
             "school_number": orgs["school_number"],
             "synced": synced_flag.astype(bool),
-            "users": orgs["sis_key"].map(users_per_org).fillna(0).astype("int64"),
-            "sections": orgs["sis_key"].map(sections_per_org).fillna(0).astype("int64"),
         }
-    ).reset_index(drop=True)
+    )
+    for column, per_org in counts.items():
+        summary[column] = summary["sis_key"].map(per_org).fillna(0).astype("int64")
+    return summary.reset_index(drop=True)
 
 
-def _count(frame: pd.DataFrame | None, column: str, *, split: bool) -> pd.Series:
-    """Active rows per organization key (a comma list counts once per organization)."""
+def _live(frame: pd.DataFrame | None, column: str) -> pd.Series:
     if frame is None or frame.empty:
-        return pd.Series(dtype="int64")
-    keys = frame.loc[frame["sis_status"] == model.ACTIVE, column]
-    if split:
-        keys = keys.str.split(",").explode()
+        return pd.Series(dtype="string")
+    return frame.loc[frame["sis_status"] == model.ACTIVE, column]
+
+
+def _memberships(users: pd.DataFrame | None, role: str | None = None) -> pd.Series:
+    """One organization key per active user and organization (of one role, if given)."""
+    if users is None or users.empty:
+        return pd.Series(dtype="string")
+    live = users[users["sis_status"] == model.ACTIVE]
+    if role is not None:
+        live = live[live["role"] == role]
+    return live["organizations"].str.split(",").explode()
+
+
+def _enrollment_schools(frames: Mapping[str, pd.DataFrame]) -> pd.Series:
+    """Each active enrollment's school: its section's, else its own organization key."""
+    enrollments = frames.get(model.ENROLLMENTS.name)
+    if enrollments is None or enrollments.empty:
+        return pd.Series(dtype="string")
+    live = enrollments[enrollments["sis_status"] == model.ACTIVE]
+    sections = frames.get(model.SECTIONS.name)
+    school = pd.Series(pd.NA, index=live.index, dtype="string")
+    if sections is not None and not sections.empty:
+        by_section = sections.drop_duplicates("sis_key").set_index("sis_key")["organization_key"]
+        school = live["section_key"].map(by_section).astype("string")
+    return school.fillna(live["organization_key"])
+
+
+def _per_org(keys: pd.Series) -> pd.Series:
     return keys.dropna().value_counts()
 
 

@@ -10,10 +10,13 @@ from include.sis_sync.sample.generator import District, generate_district
 from tests.feeds import DAY1, DAY2, Feed
 
 
-def _expected_users(district: District, school: str) -> int:
-    """Users whose organizations list the school (counted plainly, not as the code does)."""
-    lists = district.users["orgSourcedIds"].tolist()
-    return sum(school in [o.strip() for o in orgs.split(",")] for orgs in lists)
+def _expected_users(district: District, school: str, role: str | None = None) -> int:
+    """Users (of a role) whose organizations list the school, counted plainly."""
+    users = district.users
+    return sum(
+        school in [o.strip() for o in orgs.split(",")] and role in (None, user_role)
+        for orgs, user_role in zip(users["orgSourcedIds"], users["role"], strict=True)
+    )
 
 
 def test_a_complete_read_keeps_each_school_with_its_counts(
@@ -33,8 +36,14 @@ def test_a_complete_read_keeps_each_school_with_its_counts(
         assert row["kind"] == "school" and row["run_id"] == outcome.run_id
         assert row["synced"] == (school == schools[0])  # only the mapped school is synced
         assert row["users"] == _expected_users(district, school) > 0
+        for role in ("student", "teacher", "administrator"):
+            assert row[f"{role}s"] == _expected_users(district, school, role)
+        assert row["students"] > 0 and row["teachers"] > 0
         classes = district.classes["schoolSourcedId"] == school
         assert row["sections"] == int(classes.sum()) > 0
+        in_school = set(district.classes.loc[classes, "sourcedId"])
+        enrolled = district.enrollments["classSourcedId"].isin(in_school)
+        assert row["enrollments"] == int(enrolled.sum()) > 0
     district_row = next(r for r in rows.values() if r["kind"] == "district")
     assert not district_row["synced"] and district_row["sections"] == 0
 

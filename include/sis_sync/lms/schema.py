@@ -164,7 +164,11 @@ schools = sa.Table(
     sa.Column("school_number", sa.Text, nullable=True),
     sa.Column("synced", sa.Boolean, nullable=False),
     sa.Column("users", sa.Integer, nullable=False),
+    sa.Column("students", sa.Integer, nullable=False),
+    sa.Column("teachers", sa.Integer, nullable=False),
+    sa.Column("administrators", sa.Integer, nullable=False),
     sa.Column("sections", sa.Integer, nullable=False),
+    sa.Column("enrollments", sa.Integer, nullable=False),
     sa.Column("run_id", sa.Integer, nullable=False),  # the sync whose read this is
     sa.Column("read_at", sa.DateTime(timezone=True), nullable=False),
 )

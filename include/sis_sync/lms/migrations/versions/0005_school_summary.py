@@ -1,8 +1,8 @@
 """What the SIS sent of its schools in its last complete read.
 
 ``sis_sync_schools`` holds one row per organization of a portal's last read that carried
-organizations completely: its fields, whether the portal syncs it, and its active users and
-sections in that read. The browse pages read it instead of run data, which retention deletes.
+organizations completely: its fields, whether the portal syncs it, and its active users (all,
+students, teachers, administrators), sections and enrollments in that read. The browse pages read it instead of run data, which retention deletes.
 
 Revision ID: 0005
 Revises: 0004
@@ -29,7 +29,11 @@ def upgrade() -> None:
         sa.Column("school_number", sa.Text, nullable=True),
         sa.Column("synced", sa.Boolean, nullable=False),
         sa.Column("users", sa.Integer, nullable=False),
+        sa.Column("students", sa.Integer, nullable=False),
+        sa.Column("teachers", sa.Integer, nullable=False),
+        sa.Column("administrators", sa.Integer, nullable=False),
         sa.Column("sections", sa.Integer, nullable=False),
+        sa.Column("enrollments", sa.Integer, nullable=False),
         sa.Column("run_id", sa.Integer, nullable=False),
         sa.Column("read_at", sa.DateTime(timezone=True), nullable=False),
     )
