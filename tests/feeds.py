@@ -4,6 +4,9 @@ tests break a day's drop, or a stage's process, and look at what every stage did
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,3 +88,18 @@ class Feed:
         with engine_for(self.lms_url).connect() as conn:
             query = "SELECT count(*) FROM sis_sync_actions WHERE run_id = :r"
             return int(conn.exec_driver_sql(query.replace(":r", str(run_id))).scalar_one())
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def python_process(script: str, *args: str) -> subprocess.Popen[str]:
+    """``script`` run by a Python process of its own (as a task's), from the project root,
+    its standard output readable as text."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )

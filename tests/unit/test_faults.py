@@ -4,10 +4,7 @@ connections for a while, and two runs of one portal started at the same moment."
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,11 +24,10 @@ from include.sis_sync.providers.oneroster_rest import OneRosterClient
 from include.sis_sync.sample.generator import generate_district
 from include.sis_sync.simulators.clever import CleverSimulator, clever_data_from_district
 from include.sis_sync.simulators.oneroster import OneRosterServer, oneroster_data_from_district
-from tests.feeds import DAY1, DAY2, Feed
+from tests.feeds import DAY1, DAY2, Feed, python_process
 from tests.helpers import run_rows
 
 pytestmark = pytest.mark.timeout(300)
-ROOT = Path(__file__).resolve().parents[2]
 
 # --------------------------------------------------------------------------------------------
 # An API read that dies on a later page and is retried
@@ -235,16 +231,7 @@ def test_two_runs_started_at_once_one_proceeds_and_nothing_applies_twice(
     feed.write(generate_district("demo"), DAY1)
     go = tmp_path / "go"
     portal = feed.portal.model_dump_json()
-    racers = [
-        subprocess.Popen(
-            [sys.executable, "-c", RACER, portal, lms_url, f"race-{i}", str(go), DAY1],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        for i in (1, 2)
-    ]
+    racers = [python_process(RACER, portal, lms_url, f"race-{i}", str(go), DAY1) for i in (1, 2)]
     time.sleep(3)  # both imported and waiting at the barrier
     go.touch()
     results = []

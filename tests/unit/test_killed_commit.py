@@ -9,12 +9,10 @@ process at a random moment inside that time.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from include.sis_sync import pipeline
 from include.sis_sync.lms.db import engine_for
 from include.sis_sync.runs import APPROVED, COMMITTED, get_run
 from include.sis_sync.sample.generator import generate_district
-from tests.feeds import DAY1, Feed
+from tests.feeds import DAY1, Feed, python_process
 from tests.helpers import approve
 
 pytestmark = pytest.mark.timeout(900)
@@ -46,13 +44,7 @@ print("done", flush=True)
 
 def _commit_process(feed: Feed, lms_url: str, run_id: int) -> subprocess.Popen[str]:
     """A commit in its own process, as a task's; returns once it is about to commit."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", CHILD, feed.portal.model_dump_json(), lms_url, str(run_id)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
+    process = python_process(CHILD, feed.portal.model_dump_json(), lms_url, str(run_id))
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "ready"
     return process

@@ -13,6 +13,7 @@ Nothing here imports Airflow: the Airflow side of a provider (its hook) is opene
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -174,7 +175,7 @@ class ExtractRecord:
         return Completeness.DELTA in self.modes.values()
 
 
-class Provider:
+class Provider(ABC):
     """One SIS source. Subclasses set the class attributes and implement the methods.
 
     - ``name``: the ``provider:`` value of the portal file; ``label``: how pages call it.
@@ -204,15 +205,15 @@ class Provider:
     # the source's ``connection_id`` (its ``page_limit`` the page size); None: no API.
     hook: ClassVar[str | None] = None
 
+    @abstractmethod
     def extract(self, request: ExtractRequest) -> ExtractResult:
         """Read the SIS into raw tables."""
-        raise NotImplementedError
 
+    @abstractmethod
     def to_canonical(
         self, raw: Mapping[str, pd.DataFrame], entities: Entities, record: ExtractRecord
     ) -> dict[str, pd.DataFrame]:
         """Map the raw tables to the canonical frames of :mod:`include.sis_sync.model`."""
-        raise NotImplementedError
 
     def open_client(self, source: SourceConfig) -> Callable[[], Any] | None:
         """A function that opens the source's API client inside a task (through its Airflow

@@ -14,8 +14,7 @@ import io
 import posixpath
 import re
 import zipfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -143,7 +142,10 @@ class DropFiles:
         else:
             raise DropError(f"{path}: a drop is a folder or a .zip file, and this is neither")
 
-    def close(self) -> None:
+    def __enter__(self) -> DropFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         if self._archive is not None:
             self._archive.close()
 
@@ -209,15 +211,6 @@ def _zip_members(archive: zipfile.ZipFile, path: str) -> dict[str, zipfile.ZipIn
             raise DropError(f"{path}: zip holds {normal!r} more than once; the drop is refused")
         members[name] = info
     return members
-
-
-@contextmanager
-def _opened(path: str, limits: DropLimits) -> Iterator[DropFiles]:
-    files = DropFiles(path, limits)
-    try:
-        yield files
-    finally:
-        files.close()
 
 
 def _header(data: bytes, where: str) -> list[str]:
@@ -306,7 +299,7 @@ def _where_broken(data: bytes, columns: list[str], where: str) -> str:
 
 def read_manifest(path: str, limits: DropLimits | None = None) -> dict[str, str]:
     """``manifest.csv`` as a dict of ``propertyName -> value``."""
-    with _opened(path, limits or DropLimits()) as files:
+    with DropFiles(path, limits or DropLimits()) as files:
         if "manifest.csv" not in files.names:
             raise DropError(f"{path}: manifest.csv is missing from the drop")
         table = _read_table(files, "manifest.csv", f"{path}/manifest.csv")
@@ -347,7 +340,7 @@ def read_drop(path: str, limits: DropLimits | None = None) -> RawDrop:
             "listed); a drop must carry at least one entity"
         )
     drop = RawDrop(path=path, modes=modes)
-    with _opened(path, limits) as files:
+    with DropFiles(path, limits) as files:
         for stem, mode in modes.items():
             if mode == "absent":
                 continue
