@@ -302,7 +302,8 @@ def _keep_school_summary(
     orgs = model.ORGANIZATIONS.name
     if modes.get(orgs) == Completeness.COMPLETE and orgs in frames:
         summary = school_summary.summarise(frames, ctx.portal.schools.synced)
-        school_summary.write(ctx.engine, ctx.portal.id, run_id, summary)
+        totals = school_summary.totals(frames)
+        school_summary.write(ctx.engine, ctx.portal.id, run_id, summary, totals)
 
 
 # The stages that turn a read of the SIS into a staged change set, in order: each reads what

@@ -20,6 +20,7 @@ from include.sis_sync.diff import ACTION_COLUMNS, ACTIONS, count_label
 from include.sis_sync.lms import schema
 from include.sis_sync.report import action_counts
 from include.sis_sync.runs import APPROVED, AWAITING_APPROVAL, IN_FLIGHT, as_utc, now
+from include.sis_sync.search import like_escaped
 
 PAGE_SIZE = 50
 COUNT_LIMIT = 1000  # a filtered list counts this far, then says "more"
@@ -97,13 +98,9 @@ class ActionFilter:
             if self.search_in == "key":
                 terms += [a.sis_key >= self.search, a.sis_key < self.search + "\uffff"]
             else:
-                pattern = "%" + _like_escaped(self.search.lower()) + "%"
+                pattern = "%" + like_escaped(self.search.lower()) + "%"
                 terms.append(sa.func.lower(a.label).like(pattern, escape="\\"))
         return sa.and_(*terms)
-
-
-def _like_escaped(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,7 +202,7 @@ def history(
     page after the run ``after``, or the newer page before the run ``before``."""
     runs = schema.runs
     query = _run_select().where(runs.c.portal_id == portal_id)
-    page = _keyset_page(engine, query, runs.c.id, after, before, limit, descending=True)
+    page = keyset_page(engine, query, runs.c.id, after, before, limit, descending=True)
     return Page(
         rows=[run_view(r) for r in page.rows],
         next_after=page.next_after,
@@ -213,10 +210,10 @@ def history(
     )
 
 
-def _keyset_page(
+def keyset_page(
     engine: sa.Engine,
     query: sa.Select[Any],
-    key: sa.ColumnElement[Any],
+    key: sa.ColumnElement[Any] | tuple[sa.ColumnElement[Any], ...],
     after: Any,
     before: Any,
     limit: int,
@@ -224,14 +221,20 @@ def _keyset_page(
     descending: bool = False,
 ) -> Page:
     """One page of ``query`` in ``key`` order: the first, the one after the key ``after``, or
-    the one before the key ``before``. One indexed range read per page, whatever its depth."""
+    the one before the key ``before``. One indexed range read per page, whatever its depth.
+
+    ``key`` may be several columns (a name, then the id that makes it unique): ``after`` and
+    ``before`` are then tuples, compared as row values, and a page's neighbours are named by
+    the last column alone (its caller turns an id back into the tuple)."""
+    keys = key if isinstance(key, tuple) else (key,)
     forward = before is None or after is not None
     reading_down = descending == forward  # reading the key downwards
-    if after is not None:
-        query = query.where(key < after if descending else key > after)
-    elif before is not None:
-        query = query.where(key > before if descending else key < before)
-    query = query.order_by(key.desc() if reading_down else key)
+    bound = after if after is not None else before
+    if bound is not None:
+        lhs = keys[0] if len(keys) == 1 else sa.tuple_(*keys)
+        rhs = bound if len(keys) == 1 else sa.tuple_(*(sa.literal(v) for v in bound))
+        query = query.where(lhs < rhs if descending == (after is not None) else lhs > rhs)
+    query = query.order_by(*(k.desc() if reading_down else k for k in keys))
     with engine.connect() as conn:
         rows = [dict(r) for r in conn.execute(query.limit(limit + 1)).mappings()]
     more = len(rows) > limit
@@ -240,7 +243,7 @@ def _keyset_page(
         rows.reverse()
     if not rows:
         return Page(rows=[])
-    name = key.key
+    name = keys[-1].key
     has_next = more if forward else True
     has_prev = after is not None or (not forward and more)
     return Page(
@@ -282,7 +285,7 @@ def action_page(
     ``after``, or the page before the key ``before``."""
     a = schema.actions.c
     query = sa.select(*(a[name] for name in ACTION_LIST_COLUMNS)).where(flt.clause(run_id))
-    page = _keyset_page(engine, query, a.sis_key, after, before, limit)
+    page = keyset_page(engine, query, a.sis_key, after, before, limit)
     for row in page.rows:
         row["changes"] = json.loads(row["changes"]) if row["changes"] else {}
     return page
@@ -321,8 +324,12 @@ def _kept_total(engine: sa.Engine, run_id: int, flt: ActionFilter) -> int | None
 
 def _capped_count(engine: sa.Engine, where: sa.ColumnElement[bool]) -> int:
     """``count(*)`` of the matching actions, stopping one past :data:`COUNT_LIMIT`."""
-    a = schema.actions
-    capped = sa.select(a.c.id).where(where).limit(COUNT_LIMIT + 1).subquery()
+    return capped_count(engine, sa.select(schema.actions.c.id).where(where))
+
+
+def capped_count(engine: sa.Engine, query: sa.Select[Any]) -> int:
+    """How many rows ``query`` returns, stopping one past :data:`COUNT_LIMIT`."""
+    capped = query.limit(COUNT_LIMIT + 1).subquery()
     with engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(capped)).scalar() or 0)
 
@@ -457,4 +464,4 @@ def warnings_page(
         .select_from(schema.warnings.outerjoin(schema.actions, a.id == w.action_id))
         .where(w.run_id == run_id)
     )
-    return _keyset_page(engine, query, w.id, after, before, limit)
+    return keyset_page(engine, query, w.id, after, before, limit)

@@ -16,7 +16,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from include.sis_sync import model
-from include.sis_sync.lms import schema
+from include.sis_sync.lms import counts, schema
 from include.sis_sync.lms.bulk import insert_frame
 from include.sis_sync.lms.db import write_transaction
 from include.sis_sync.runs import now
@@ -90,8 +90,28 @@ def _per_org(keys: pd.Series) -> pd.Series:
     return keys.dropna().value_counts()
 
 
-def write(engine: sa.Engine, portal_id: str, run_id: int, summary: pd.DataFrame) -> None:
-    """Replace the portal's summary with this read's, in one transaction."""
+def totals(frames: Mapping[str, pd.DataFrame]) -> dict[str, int]:
+    """The read's active schools, people by role, sections and enrollments, each counted once
+    (a person in two schools is one person)."""
+    orgs = _live(frames.get(model.ORGANIZATIONS.name), "kind")
+    users = _live(frames.get(model.USERS.name), "role")
+    found = {
+        "schools": int((orgs == "school").sum()),
+        **{what: int((users == role).sum()) for what, role in counts.ROLE_OF.items()},
+        "sections": len(_live(frames.get(model.SECTIONS.name), "sis_key")),
+        "enrollments": len(_live(frames.get(model.ENROLLMENTS.name), "sis_key")),
+    }
+    return found
+
+
+def write(
+    engine: sa.Engine,
+    portal_id: str,
+    run_id: int,
+    summary: pd.DataFrame,
+    read_totals: Mapping[str, int],
+) -> None:
+    """Replace the portal's summary and its SIS counts with this read's, in one transaction."""
     table = schema.schools
     with write_transaction(engine) as conn:
         conn.execute(sa.delete(table).where(table.c.portal_id == portal_id))
@@ -101,6 +121,7 @@ def write(engine: sa.Engine, portal_id: str, run_id: int, summary: pd.DataFrame)
             summary,
             {"portal_id": portal_id, "run_id": run_id, "read_at": now()},
         )
+        counts.replace(conn, portal_id, counts.SIS, counts.sis_counts(summary, read_totals), run_id)
 
 
 def read(engine: sa.Engine, portal_id: str) -> list[dict[str, Any]]:

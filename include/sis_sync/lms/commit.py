@@ -31,6 +31,7 @@ from include.sis_sync.lms.bulk import (
     temp_table,
     update_from,
 )
+from include.sis_sync.lms.counts import count_lms
 from include.sis_sync.lms.db import write_transaction
 from include.sis_sync.lms.schema import lms_table_name
 from include.sis_sync.runs import (
@@ -43,6 +44,7 @@ from include.sis_sync.runs import (
     refuse_commit,
     update_run,
 )
+from include.sis_sync.search import SEARCH_FIELDS, search_text
 
 # entity -> (reference column, referenced entity) that must exist for the row to be applied
 DEPENDENCIES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -156,6 +158,7 @@ def _apply_run(
         skipped_parts.append(skipped)
     skipped = pd.concat(skipped_parts, ignore_index=True)
     _record_statuses(conn, run_id, skipped)
+    count_lms(conn, target.portal_id, run_id)
     result.skipped = len(skipped)
     update_run(
         conn,
@@ -289,6 +292,7 @@ def _apply_entity(
             rows = rows.assign(
                 slug=organization_slugs(rows, _taken_slugs(conn, target), target.slugs)
             )
+        rows = _with_search_text(entity, rows)
         insert_frame(
             conn,
             table,
@@ -306,18 +310,19 @@ def _apply_entity(
         rows = changes[["lms_id", "sis_key"]].merge(
             frame[["sis_key", *entity.fields]], on="sis_key"
         )
-        rows = rows.rename(columns={"lms_id": "id"}).drop(columns="sis_key")
+        rows = _with_search_text(entity, rows).rename(columns={"lms_id": "id"})
+        columns = [c for c in rows.columns if c not in ("id", "sis_key")]
         source = temp_table(
             conn,
             "sis_sync_changes",
-            [("id", "INTEGER"), *((f, "TEXT") for f in entity.fields)],
+            [("id", "INTEGER"), *((c, "TEXT") for c in columns)],
             rows,
         )
         update_from(
             conn,
             table,
             source,
-            entity.fields,
+            columns,
             {"archived_at": None, "updated_at": stamp, "last_sync_run_id": run_id},
         )
     archives = todo[todo["action"] == ARCHIVE]
@@ -332,6 +337,13 @@ def _apply_entity(
             {"archived_at": stamp, "updated_at": stamp, "last_sync_run_id": run_id},
         )
     return counts
+
+
+def _with_search_text(entity: model.Entity, rows: pd.DataFrame) -> pd.DataFrame:
+    """People and classes carry their folded search text (search.py) into the LMS."""
+    if entity.name not in SEARCH_FIELDS:
+        return rows
+    return rows.assign(search_text=search_text(entity.name, rows))
 
 
 def _taken_slugs(conn: sa.Connection, target: CommitTarget) -> set[str]:

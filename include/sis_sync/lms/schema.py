@@ -12,6 +12,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from include.sis_sync import model
+from include.sis_sync.search import SEARCH_FIELDS
+
+SEARCHABLE = tuple(SEARCH_FIELDS)
 
 metadata = sa.MetaData(
     naming_convention={
@@ -34,6 +37,9 @@ def _lms_table(entity: model.Entity) -> sa.Table:
             sa.Column("slug", sa.String(200), nullable=False),
             sa.UniqueConstraint("portal_id", "slug"),
         ]
+    if entity.name in SEARCHABLE:
+        # Folded name, email and ids (search.py), for the browse pages' lists (migration 0006).
+        extra = [sa.Column("search_text", sa.Text, nullable=True)]
     return sa.Table(
         lms_table_name(entity.name),
         metadata,
@@ -52,6 +58,30 @@ def _lms_table(entity: model.Entity) -> sa.Table:
 
 
 LMS_TABLES: dict[str, sa.Table] = {e.name: _lms_table(e) for e in model.ENTITIES}
+
+
+def _browse_indexes() -> None:
+    """The browse pages' access paths (migration 0006): people and classes in name order, in
+    two partial indexes (active, archived) so that either list pages by a range read; a
+    school's members and a person's schools; a class's and a person's enrollments."""
+    users, sections = LMS_TABLES["users"], LMS_TABLES["sections"]
+    for state, condition in (("active", "IS NULL"), ("archived", "IS NOT NULL")):
+        where = sa.text(f"archived_at {condition}")
+        for table, columns in ((users, ("portal_id", "role")), (sections, ("portal_id",))):
+            sa.Index(
+                f"ix_{table.name}_{state}",
+                *(table.c[c] for c in (*columns, "search_text", "id")),
+                sqlite_where=where,
+                postgresql_where=where,
+            )
+    members, enrollments = LMS_TABLES["user_organizations"], LMS_TABLES["enrollments"]
+    sa.Index("ix_lms_user_organizations_school", members.c.portal_id, members.c.organization_key)
+    sa.Index("ix_lms_user_organizations_user", members.c.portal_id, members.c.user_key)
+    sa.Index("ix_lms_enrollments_section", enrollments.c.portal_id, enrollments.c.section_key)
+    sa.Index("ix_lms_enrollments_user", enrollments.c.portal_id, enrollments.c.user_key)
+
+
+_browse_indexes()
 
 runs = sa.Table(
     "sis_sync_runs",
@@ -151,6 +181,17 @@ sa.Index(
 )
 # Written as the index's condition is, so that SQLite sees a query may use it.
 UNTICKED = actions.c.selected == sa.false()
+# A person's or class's sync history (migration 0006): partial, so that staging millions of
+# enrollment actions writes no entry to it.
+for _entity in SEARCHABLE:
+    sa.Index(
+        f"ix_sis_sync_actions_{_entity}_history",
+        actions.c.portal_id,
+        actions.c.sis_key,
+        actions.c.run_id,
+        sqlite_where=sa.text(f"entity = '{_entity}'"),
+        postgresql_where=sa.text(f"entity = '{_entity}'"),
+    )
 
 # What the SIS sent of its organizations in its last complete read (school_summary.py).
 schools = sa.Table(
@@ -171,6 +212,22 @@ schools = sa.Table(
     sa.Column("enrollments", sa.Integer, nullable=False),
     sa.Column("run_id", sa.Integer, nullable=False),  # the sync whose read this is
     sa.Column("read_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# The overview's counts (migration 0006): per portal (school_key "") and per school, of
+# schools, people by role, sections and enrollments; active and archived in the LMS (counted
+# by each commit, in its transaction) and in the SIS's last complete read (by the diff stage).
+counts = sa.Table(
+    "sis_sync_counts",
+    metadata,
+    sa.Column("portal_id", sa.String(64), primary_key=True),
+    sa.Column("source", sa.String(16), primary_key=True),  # lms | sis
+    sa.Column("school_key", sa.String(255), primary_key=True),
+    sa.Column("what", sa.String(32), primary_key=True),
+    sa.Column("active", sa.Integer, nullable=False),
+    sa.Column("archived", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.Integer, nullable=True),
+    sa.Column("counted_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 warnings = sa.Table(
