@@ -101,14 +101,12 @@ def school(engine: sa.Engine, portal_id: str, sis_key: str) -> dict[str, Any] | 
 
 
 def school_choices(engine: sa.Engine, portal_id: str) -> list[dict[str, str]]:
-    """The schools a list's school filter offers: the LMS's and the SIS's last read's."""
-    names = {
-        k: r["name"] or k
-        for k, r in lms_schools(engine, portal_id).items()
-        if r["kind"] == "school"
-    }
+    """The schools a list's school filter offers: the LMS's, and those the SIS's last read
+    sent that the portal syncs. A portal that syncs one school of a district offers one."""
+    in_lms = lms_schools(engine, portal_id)
+    names = {k: r["name"] or k for k, r in in_lms.items() if r["kind"] == "school"}
     for row in school_summary.read(engine, portal_id):
-        if row["kind"] == "school":
+        if row["kind"] == "school" and row["synced"]:
             names.setdefault(row["sis_key"], row["name"] or row["sis_key"])
     return [{"sis_key": k, "name": n} for k, n in sorted(names.items(), key=lambda i: i[1].lower())]
 
@@ -116,8 +114,9 @@ def school_choices(engine: sa.Engine, portal_id: str) -> list[dict[str, str]]:
 def overview(engine: sa.Engine, portal_id: str) -> dict[str, Any]:
     """The portal's counts and each school's, with the schools' names."""
     counted = counts.read(engine, portal_id)
-    names = {s["sis_key"]: s["name"] for s in school_choices(engine, portal_id)}
     in_lms = lms_schools(engine, portal_id)
+    names = {k: r["name"] for k, r in in_lms.items()}
+    names |= {r["sis_key"]: r["name"] for r in school_summary.read(engine, portal_id)}
     per_school = []
     for key in sorted(
         (k for k in counted if k != counts.WHOLE_PORTAL),
@@ -167,6 +166,22 @@ class PeopleFilter:
         return sa.select(*columns).where(*terms)
 
 
+# What a person's and a class's page show of the LMS row, in order.
+PERSON_FIELDS = (
+    "given_name",
+    "middle_name",
+    "family_name",
+    "email",
+    "username",
+    "role",
+    "roles",
+    "sis_id",
+    "student_number",
+    "teacher_number",
+    "grades",
+    "enabled",
+)
+CLASS_FIELDS = ("name", "code", "period", "subject", "grades", "kind")
 PERSON_LIST_COLUMNS = (
     "id",
     "sis_key",

@@ -141,9 +141,10 @@ def read(engine: sa.Engine, portal_id: str) -> dict[str, dict[str, dict[str, Any
             rows = [dict(r) for r in conn.execute(query).mappings()]
     counts: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
-        cell = counts.setdefault(row["school_key"], {}).setdefault(
-            row["what"], {"active": 0, "archived": 0, "sis": None}
-        )
+        per_what = counts.setdefault(row["school_key"], {})
+        for what in WHATS if row["school_key"] == WHOLE_PORTAL else WHATS[1:]:
+            per_what.setdefault(what, {"active": 0, "archived": 0, "sis": None})
+        cell = per_what.setdefault(row["what"], {"active": 0, "archived": 0, "sis": None})
         if row["source"] == LMS:
             cell["active"], cell["archived"] = row["active"], row["archived"]
         else:

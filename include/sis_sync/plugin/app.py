@@ -25,11 +25,19 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.datastructures import FormData
 
 from include.sis_sync import queries
-from include.sis_sync.config import Portal, load_portals
+from include.sis_sync.config import Portal
 from include.sis_sync.diff import ACTIONS
 from include.sis_sync.links import ADMIN_ROOT as ROOT
 from include.sis_sync.links import airflow_run_url, report_url
-from include.sis_sync.plugin import airflow_side, csrf
+from include.sis_sync.plugin import airflow_side, browse_routes, csrf
+from include.sis_sync.plugin.common import (
+    Read,
+    lms_engine,
+    portal_of,
+    render_page,
+    user_key,
+    valid_portals,
+)
 from include.sis_sync.plugin.views import render
 from include.sis_sync.report import build_report, decision_line, ordered_labels
 from include.sis_sync.runs import AWAITING_APPROVAL, RunClosed
@@ -53,8 +61,8 @@ SHOWN_ACTION_STATUS = {
 }
 
 app = FastAPI(title="SIS sync admin", docs_url=None, redoc_url=None, openapi_url=None)
+app.include_router(browse_routes.router)
 
-Read = Depends(requires_access_dag("GET"))
 Edit = Depends(requires_access_dag("PUT"))
 Decide = Depends(requires_access_dag("PUT", DagAccessEntity.HITL_DETAIL))
 Trigger = Depends(requires_access_dag("POST", DagAccessEntity.RUN))
@@ -63,26 +71,6 @@ Trigger = Depends(requires_access_dag("POST", DagAccessEntity.RUN))
 # --------------------------------------------------------------------------------------------
 # What every route needs
 # --------------------------------------------------------------------------------------------
-
-
-def _portals() -> dict[str, Portal]:
-    """The valid portal files, by DAG id (read per request: files change without a restart)."""
-    valid, _errors = load_portals()
-    return {p.dag_id: p for p in valid}
-
-
-def _portal(dag_id: str) -> Portal:
-    portal = _portals().get(dag_id)
-    if portal is None:
-        raise HTTPException(404, f"no portal has the DAG {dag_id}")
-    return portal
-
-
-def _engine() -> sa.Engine:
-    from include.sis_sync.cli import lms_url_from_env
-    from include.sis_sync.lms.db import engine_for
-
-    return engine_for(lms_url_from_env())
 
 
 def _run(engine: sa.Engine, portal: Portal, run_id: int) -> dict[str, Any]:
@@ -120,26 +108,7 @@ def _may_decide(user: Any, portal: Portal) -> bool:
     """Edit rights on the approval, and, when the portal names approvers, being one."""
     if not _allowed(user, portal.dag_id, "PUT", DagAccessEntity.HITL_DETAIL):
         return False
-    return not portal.approvers or _user_key(user) in portal.approvers
-
-
-def _user_key(user: Any) -> str:
-    return str(user.get_id())
-
-
-def _page(template: str, request: Request, user: Any, **values: Any) -> HTMLResponse:
-    flash = request.query_params.get("msg")
-    return HTMLResponse(
-        render(
-            template,
-            root=ROOT,
-            user=user,
-            csrf=csrf.token_for(_user_key(user)),
-            flash=flash,
-            flash_error=request.query_params.get("error") == "1",
-            **values,
-        )
-    )
+    return not portal.approvers or user_key(user) in portal.approvers
 
 
 def _back(url: str, message: str, *, error: bool = False) -> RedirectResponse:
@@ -164,8 +133,8 @@ async def _error_page(request: Request, exc: HTTPException) -> HTMLResponse:
 @app.get("/", response_class=HTMLResponse)
 def portals_page(request: Request, user: GetUserDep, session: SessionDep) -> HTMLResponse:
     """Every portal the user may read, with its last sync and a badge when one waits."""
-    portals = [p for p in _portals().values() if _allowed(user, p.dag_id, "GET")]
-    engine = _engine()
+    portals = [p for p in valid_portals().values() if _allowed(user, p.dag_id, "GET")]
+    engine = lms_engine()
     ids = [p.id for p in portals]
     latest, waiting = queries.latest_runs(engine, ids), queries.waiting_runs(engine, ids)
     dags = airflow_side.dag_states(session, [p.dag_id for p in portals])
@@ -183,16 +152,16 @@ def portals_page(request: Request, user: GetUserDep, session: SessionDep) -> HTM
         }
         for p in sorted(portals, key=lambda p: p.name.lower())
     ]
-    return _page("portals.html", request, user, portals=rows)
+    return render_page("portals.html", request, user, portals=rows)
 
 
 @app.get("/portals/{dag_id}", response_class=HTMLResponse, dependencies=[Read])
 def status_page(
     dag_id: str, request: Request, user: GetUserDep, session: SessionDep
 ) -> HTMLResponse:
-    portal, engine = _portal(dag_id), _engine()
+    portal, engine = portal_of(dag_id), lms_engine()
     last = queries.last_decided_run(engine, portal.id)
-    return _page(
+    return render_page(
         "status.html",
         request,
         user,
@@ -227,9 +196,9 @@ def history_page(
     after: int | None = None,
     before: int | None = None,
 ) -> HTMLResponse:
-    portal = _portal(dag_id)
-    page = queries.history(_engine(), portal.id, after=after, before=before)
-    return _page("history.html", request, user, portal=portal, dag_id=dag_id, page=page)
+    portal = portal_of(dag_id)
+    page = queries.history(lms_engine(), portal.id, after=after, before=before)
+    return render_page("history.html", request, user, portal=portal, dag_id=dag_id, page=page)
 
 
 @app.get("/portals/{dag_id}/runs/{run_id}", response_class=HTMLResponse, dependencies=[Read])
@@ -242,12 +211,12 @@ def report_page(
     wafter: int | None = None,
     wbefore: int | None = None,
 ) -> HTMLResponse:
-    portal, engine = _portal(dag_id), _engine()
+    portal, engine = portal_of(dag_id), lms_engine()
     run = _run(engine, portal, run_id)
     report = build_report(engine, run_id)
     answer = airflow_side.approval(session, dag_id, run["airflow_run_id"])
     waiting = run["status"] == AWAITING_APPROVAL and answer is not None and answer.waiting
-    return _page(
+    return render_page(
         "report.html",
         request,
         user,
@@ -284,7 +253,7 @@ def actions_page(
     after: str | None = None,
     before: str | None = None,
 ) -> HTMLResponse:
-    portal, engine = _portal(dag_id), _engine()
+    portal, engine = portal_of(dag_id), lms_engine()
     run = _run(engine, portal, run_id)
     flt = _filter(entity, action, kind, school, q, request.query_params.get("in", "key"))
     page = queries.action_page(engine, run_id, flt, after=after or None, before=before or None)
@@ -292,7 +261,7 @@ def actions_page(
     answer = airflow_side.approval(session, dag_id, run["airflow_run_id"])
     schools = queries.schools(engine, portal.id)
     title = ENTITY_TITLES[entity] + (f" ({kind})" if kind else "") + f": {action}"
-    return _page(
+    return render_page(
         "actions.html",
         request,
         user,
@@ -322,8 +291,8 @@ def airflow_run_report(dag_id: str, airflow_run_id: str) -> RedirectResponse:
     """From a DAG run's page in Airflow to its sync's report (its newest attempt)."""
     from include.sis_sync.runs import run_of_airflow_run
 
-    _portal(dag_id)
-    run_id = run_of_airflow_run(_engine(), dag_id, airflow_run_id)
+    portal_of(dag_id)
+    run_id = run_of_airflow_run(lms_engine(), dag_id, airflow_run_id)
     if run_id is None:
         raise HTTPException(404, f"DAG run {airflow_run_id} has not opened a sync (yet)")
     return RedirectResponse(report_url(dag_id, run_id), status_code=303)
@@ -347,7 +316,7 @@ def save_selection(
 ) -> RedirectResponse:
     """Save the ticks of the page shown, or tick or untick the whole filtered list; with
     ``commit`` save the page and answer Approve, with ``reject`` answer Reject."""
-    portal, engine = _portal(dag_id), _engine()
+    portal, engine = portal_of(dag_id), lms_engine()
     run = _run(engine, portal, run_id)
     flt = _filter(
         str(form.get("entity", "")),
@@ -398,7 +367,7 @@ def decide(
     form: CheckedForm,
 ) -> RedirectResponse:
     """Commit (Approve) or Reject a sync that waits, answering its approval in Airflow."""
-    portal, engine = _portal(dag_id), _engine()
+    portal, engine = portal_of(dag_id), lms_engine()
     run = _run(engine, portal, run_id)
     option = str(form.get("answer") or "")
     if option not in ("Approve", "Reject"):
@@ -417,7 +386,7 @@ def _decide(
 ) -> RedirectResponse:
     if not _may_decide(user, portal):
         raise HTTPException(
-            403, f"{_user_key(user)} may not commit or reject syncs of portal {portal.id}"
+            403, f"{user_key(user)} may not commit or reject syncs of portal {portal.id}"
         )
     waiting = airflow_side.approval(session, portal.dag_id, run["airflow_run_id"])
     if run["status"] != AWAITING_APPROVAL or waiting is None or not waiting.waiting:
@@ -444,7 +413,7 @@ def sync_now(
     form: CheckedForm,
 ) -> RedirectResponse:
     """Trigger the portal's DAG with the form's params (schools picked by name)."""
-    portal = _portal(dag_id)
+    portal = portal_of(dag_id)
     back = f"{ROOT}/portals/{dag_id}"
     if airflow_side.dag_states(session, [dag_id])[dag_id].paused:
         return _back(back, "The portal is disabled: enable it first, then sync.", error=True)
@@ -459,7 +428,7 @@ def sync_now(
 )
 def pause(dag_id: str, session: SessionDep, form: CheckedForm) -> RedirectResponse:
     """Disable (pause) or enable (unpause) the portal's DAG."""
-    _portal(dag_id)
+    portal_of(dag_id)
     paused = str(form.get("paused")) == "true"
     airflow_side.set_paused(session, dag_id, paused)
     state = "disabled: nothing runs until it is enabled" if paused else "enabled"
@@ -530,7 +499,7 @@ def _sync_conf(portal: Portal, form: FormData) -> dict[str, Any]:
     mode = str(form.get("mode") or portal.scheduled_mode)
     if mode not in ("full", "quick"):
         raise HTTPException(400, "mode must be full or quick")
-    known = {s["sis_key"] for s in queries.schools(_engine(), portal.id)}
+    known = {s["sis_key"] for s in queries.schools(lms_engine(), portal.id)}
     schools = [str(s) for s in form.getlist("schools")]
     unknown = sorted(set(schools) - known)
     if unknown:
