@@ -7,7 +7,6 @@ from its action list. Every page is kept as a screenshot under ``.artifacts/scre
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from include.sis_sync.dag_factory import LMS_WRITES_POOL
 from include.sis_sync.lms.db import migrate
 from include.sis_sync.sample.generator import generate_district, write_drop
+from tests.e2e.browser import browser_page, plugin_frame, shot, sign_in, sis_sync_entry
 from tests.e2e.standalone import (
     Standalone,
     ready_to_sync,
@@ -29,19 +29,8 @@ from tests.e2e.standalone import (
 from tests.helpers import run_rows, write_portal
 
 pytestmark = [pytest.mark.standalone, pytest.mark.timeout(900)]
-ROOT = Path(__file__).resolve().parents[2]
-SHOTS = Path(os.environ.get("SIS_SYNC_ARTIFACTS", ROOT / ".artifacts")) / "screenshots"
 PORTAL = "district"
 DAG_ID = f"sis_sync__{PORTAL}"
-
-
-def _chromium() -> str:
-    """Debian's Chromium, which ``scripts/test.sh`` installs and names. Without it the test
-    fails, saying so: a browser test is never skipped."""
-    path = os.environ.get("SIS_SYNC_CHROMIUM") or "/usr/bin/chromium"
-    if not Path(path).exists():
-        pytest.fail(f"no Chromium at {path}: run scripts/chromium.sh (scripts/test.sh does)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -67,28 +56,8 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Standalo
 
 @pytest.fixture(scope="module")
 def page(airflow: tuple[Standalone, Path]) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
-        context = browser.new_context(viewport={"width": 1440, "height": 900})
-        context.set_default_timeout(30_000)
-        page = context.new_page()
-        try:
-            yield page
-        finally:
-            page.screenshot(path=str(SHOTS / "last.png"), full_page=True)
-            browser.close()
-
-
-def _shot(page: Any, name: str) -> None:
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def _frame(page: Any) -> Any:
-    """The plugin's pages render in an iframe inside the Airflow UI."""
-    return page.frame_locator("iframe").first
+    with browser_page() as page:
+        yield page
 
 
 def _waiting(af: Standalone, known: set[str]) -> str:
@@ -105,11 +74,11 @@ def _waiting(af: Standalone, known: set[str]) -> str:
 
 def _sync_now(page: Any, af: Standalone) -> str:
     known = {r["dag_run_id"] for r in af.dag_runs(DAG_ID)}
-    frame = _frame(page)
+    frame = plugin_frame(page)
     frame.get_by_role("link", name="Riverside District").click()
     frame.get_by_label("full").check()
     frame.get_by_label("auto-commit when no guard trips").uncheck()
-    _shot(page, "02-status")
+    shot(page, "02-status")
     frame.get_by_role("button", name="Sync now").click()
     frame.get_by_text("Sync started").wait_for()
     return _waiting(af, known)
@@ -119,11 +88,11 @@ def _students_to_add(page: Any, shot: str | None = None) -> Any:
     """From the status page, the waiting sync's report, then its list of students to add
     (the count in the report is the link)."""
     page.reload()
-    frame = _frame(page)
+    frame = plugin_frame(page)
     frame.get_by_role("link", name="Report").first.click()
     frame.get_by_text("This sync waits for approval").wait_for()
     if shot:
-        _shot(page, shot)
+        shot(page, shot)
     students = frame.locator("tbody tr", has_text="users (student)")
     students.get_by_role("link").first.click()
     frame.locator('input[name="ticked"]').first.wait_for()
@@ -134,43 +103,35 @@ def test_an_admin_reviews_unticks_commits_then_rejects(
     airflow: tuple[Standalone, Path], page: Any
 ) -> None:
     af, lms = airflow
-    page.goto(af.base_url + "/")
-    page.locator('input[name="username"]').fill("eve")
-    page.locator('input[type="password"]').fill(af.password("eve"))
-    page.keyboard.press("Enter")
-    page.get_by_role("link", name="SIS sync").or_(
-        page.get_by_role("button", name="SIS sync")
-    ).first.wait_for()
-    _shot(page, "00-airflow-home")
-    page.get_by_role("link", name="SIS sync").or_(
-        page.get_by_role("button", name="SIS sync")
-    ).first.click()
-    frame = _frame(page)
+    sign_in(page, af.base_url, "eve", af.password("eve"))
+    shot(page, "00-airflow-home")
+    sis_sync_entry(page).click()
+    frame = plugin_frame(page)
     frame.get_by_role("heading", name="Portals").wait_for()
-    _shot(page, "01-portals")
+    shot(page, "01-portals")
 
     first = _sync_now(page, af)
     frame = _students_to_add(page, shot="03-report-waiting")
     unticked_key = frame.locator("tbody tr td:nth-child(2)").first.inner_text()
     frame.locator('input[name="ticked"]').first.uncheck()
-    _shot(page, "04-action-list")
+    shot(page, "04-action-list")
     frame.get_by_role("button", name="Save selection").click()
     frame.get_by_text("Selection saved").wait_for()
     frame.get_by_role("button", name="Commit").click()
     frame.get_by_text("Commit asked").wait_for()
     assert af.wait_for_run(DAG_ID, first)["state"] == "success"
     page.reload()
-    frame = _frame(page)
+    frame = plugin_frame(page)
     frame.get_by_text("1 unticked").wait_for()
     row = frame.locator("tbody tr", has_text=unticked_key).first
     assert "skipped: unticked" in row.inner_text()
-    _shot(page, "05-action-list-committed")
+    shot(page, "05-action-list-committed")
     frame.get_by_role("link", name=re.compile(r"^Sync \d+$")).click()
     # The action list says "committed" too: wait for the report's own heading, not a word.
     frame.get_by_role("heading", name=re.compile(r"^Sync \d+ committed$", re.I)).wait_for()
     frame.get_by_role("heading", name=re.compile(r"^Guards")).wait_for()
     assert "approved by eve" in frame.locator("body").inner_text()
-    _shot(page, "06-report-committed")
+    shot(page, "06-report-committed")
     (row_of_first,) = [r for r in run_rows(f"sqlite:///{lms}") if r["airflow_run_id"] == first]
     assert row_of_first["status"] == "committed"
 
@@ -181,16 +142,16 @@ def test_an_admin_reviews_unticks_commits_then_rejects(
     frame.get_by_text("Rejected: nothing is applied").wait_for()
     assert af.wait_for_run(DAG_ID, second)["state"] == "success"
     page.reload()
-    frame = _frame(page)
+    frame = plugin_frame(page)
     frame.get_by_text("This sync is rejected").wait_for()
-    _shot(page, "07-action-list-rejected")
+    shot(page, "07-action-list-rejected")
     frame.get_by_role("link", name="Riverside District").first.click()
     frame.get_by_role("link", name="every sync").click()
     frame.get_by_role("heading", name=re.compile("History")).wait_for()
     history = frame.locator("tbody").inner_text()
     assert "rejected" in history and "committed" in history
-    _shot(page, "08-history")
+    shot(page, "08-history")
     frame.get_by_role("link", name="SIS sync").click()
     frame.get_by_role("heading", name="Portals").wait_for()
     assert "rejected" in frame.locator("tbody").inner_text()
-    _shot(page, "09-portals")
+    shot(page, "09-portals")
