@@ -1,5 +1,6 @@
 """The browse pages through Airflow's real API server (the plugin mounted as in production,
-the simple auth manager signing users in): anonymous requests refused, the overview's counts
+the simple auth manager signing users in), and in a real browser: anonymous requests refused,
+the overview's counts
 equal to the LMS's rows, a reactivated student's history in order with its syncs, a search by
 a name with an apostrophe and an accent, escaping, and the school filter only where a portal
 has several schools.
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 
 from include.sis_sync.lms.db import engine_for, migrate
 from include.sis_sync.sample.generator import District, generate_district
+from tests.e2e.browser import browser_page, plugin_frame, shot, sign_in, sis_sync_entry
 from tests.e2e.standalone import Standalone, signed_in_users, start_api_server, sync_env
 from tests.feeds import Feed
 from tests.helpers import write_portal
@@ -224,3 +226,44 @@ def test_lists_filter_by_school_and_state_and_page(setup: Setup) -> None:
     _page(setup, f"{PORTAL}/people/students?state=gone", status=400)
     _page(setup, f"{PORTAL}/person/nobody", status=404)
     _page(setup, f"{PORTAL}/people/parents", status=404)
+
+
+def test_an_admin_browses_from_the_portal_to_the_sync_that_last_changed_a_student(
+    setup: Setup,
+) -> None:
+    """In a real browser, inside the Airflow UI: status page, overview, a school, its
+    students, a search, her page, her class, and the report of the sync that last changed
+    her. Each page is kept as a screenshot."""
+    with browser_page("browse-last") as page:
+        sign_in(page, setup.server.base_url, "vera", setup.server.password("vera"))
+        sis_sync_entry(page).click()
+        frame = plugin_frame(page)
+        frame.get_by_role("link", name=NAME).click()
+        frame.get_by_role("link", name="Overview").first.click()
+        frame.get_by_role("heading", name="Per school").wait_for()
+        shot(page, "browse-01-overview")
+        frame.get_by_role("link", name="Washington Middle School").first.click()
+        frame.get_by_role("heading", name="Counts").wait_for()
+        shot(page, "browse-02-school")
+        frame.get_by_role("link", name="students", exact=True).click()
+        frame.get_by_label("Search").fill("Zoë O\u2019Brien")
+        frame.get_by_role("button", name="Show").click()
+        frame.get_by_text("1 active student in Washington Middle School").wait_for()
+        shot(page, "browse-03-students-search")
+        frame.get_by_role("link", name="O'Brien, Zoë").click()
+        frame.get_by_role("heading", name="Sync history").wait_for()
+        shot(page, "browse-04-student")
+        history = frame.locator("table.history tbody tr")
+        actions = [history.nth(i).locator("td .badge").first.inner_text() for i in range(3)]
+        assert actions == ["reactivate", "archive", "add"]
+        frame.locator("a[href*='/class/']").first.click()
+        frame.get_by_role("heading", name="Students").wait_for()
+        assert frame.get_by_role("link", name="Zoë O'Brien").count() == 1
+        shot(page, "browse-05-class")
+        frame.get_by_role("link", name="Zoë O'Brien").click()
+        reactivated = setup.runs[-1]
+        frame.get_by_role("link", name=f"sync {reactivated}", exact=True).click()
+        frame.get_by_role(
+            "heading", name=re.compile(rf"^Sync {reactivated} committed$", re.I)
+        ).wait_for()
+        shot(page, "browse-06-report")

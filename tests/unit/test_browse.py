@@ -213,3 +213,31 @@ def test_schools_list_maps_each_sent_school_to_its_lms_organization(lms_url: str
     assert got[counts.WHOLE_PORTAL]["students"]["sis"] == 39
     assert got["sch-b"]["students"]["sis"] == 13  # memberships sent, the teacher aside
     assert pd.notna(got["sch-a"]["students"]["active"])
+
+
+def test_a_bulk_load_builds_the_browse_indexes_after_its_inserts(
+    lms_url: str, monkeypatch: Any
+) -> None:
+    """An initial sync inserts without the browse indexes and builds them at its end: they
+    are there afterwards, and the pages read through them."""
+    from include.sis_sync.lms import commit
+
+    monkeypatch.setattr(commit, "BULK_LOAD_ROWS", 1)
+    engine = engine_for(lms_url)
+    dropped: list[str] = []
+    real_drop = sa.Index.drop
+    monkeypatch.setattr(
+        sa.Index,
+        "drop",
+        lambda self, bind, **kw: (dropped.append(self.name), real_drop(self, bind, **kw)),
+    )
+    sync(lms_url, _snapshot())
+    assert set(dropped) == set(schema.BROWSE_INDEXES)
+    inspector = sa.inspect(engine)
+    found = {
+        ix["name"]
+        for table in ("lms_users", "lms_sections", "lms_user_organizations", "lms_enrollments")
+        for ix in inspector.get_indexes(table)
+    }
+    assert found >= schema.BROWSE_INDEXES
+    assert _walk(engine, PeopleFilter("student", search="zoe")) == ["s001"]

@@ -11,9 +11,10 @@ Nothing is ever deleted: archiving sets ``archived_at``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 
 from include.sis_sync import model
 from include.sis_sync.diff import ADD, ARCHIVE, REACTIVATE, UPDATE, label_counts
+from include.sis_sync.lms import schema
 from include.sis_sync.lms.bulk import (
     insert_frame,
     placeholder,
@@ -54,6 +56,7 @@ DEPENDENCIES: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 SKIPPED_COLUMNS = ["id", "entity", "sis_key", "kind", "why"]
+BULK_LOAD_ROWS = 50_000  # adds from which a commit rebuilds the browse indexes once
 
 
 @dataclass
@@ -293,18 +296,19 @@ def _apply_entity(
                 slug=organization_slugs(rows, _taken_slugs(conn, target), target.slugs)
             )
         rows = _with_search_text(entity, rows)
-        insert_frame(
-            conn,
-            table,
-            rows,
-            {
-                "portal_id": target.portal_id,
-                "sis_provider": target.provider,
-                "created_at": stamp,
-                "updated_at": stamp,
-                "last_sync_run_id": run_id,
-            },
-        )
+        with _browse_indexes_built_after(conn, entity, len(rows)):
+            insert_frame(
+                conn,
+                table,
+                rows,
+                {
+                    "portal_id": target.portal_id,
+                    "sis_provider": target.provider,
+                    "created_at": stamp,
+                    "updated_at": stamp,
+                    "last_sync_run_id": run_id,
+                },
+            )
     changes = todo[todo["action"].isin([UPDATE, REACTIVATE])]
     if len(changes):
         rows = changes[["lms_id", "sis_key"]].merge(
@@ -337,6 +341,30 @@ def _apply_entity(
             {"archived_at": stamp, "updated_at": stamp, "last_sync_run_id": run_id},
         )
     return counts
+
+
+@contextlib.contextmanager
+def _browse_indexes_built_after(
+    conn: sa.Connection, entity: model.Entity, adding: int
+) -> Iterator[None]:
+    """A bulk load (an initial sync, or a table growing by more than a quarter) inserts
+    without the browse pages' indexes and builds them once after, in the same transaction:
+    a sorted build costs far less than millions of scattered index inserts. A few adds go
+    through the indexes as they are."""
+    table = schema.LMS_TABLES[entity.name]
+    indexes = [ix for ix in table.indexes if ix.name in schema.BROWSE_INDEXES]
+    if not indexes or adding < BULK_LOAD_ROWS:
+        yield
+        return
+    largest = conn.execute(sa.select(sa.func.max(table.c.id))).scalar() or 0
+    if adding < largest / 4:  # ids are never reused: rows are archived, never deleted
+        yield
+        return
+    for index in indexes:
+        index.drop(conn)
+    yield
+    for index in indexes:
+        index.create(conn)
 
 
 def _with_search_text(entity: model.Entity, rows: pd.DataFrame) -> pd.DataFrame:

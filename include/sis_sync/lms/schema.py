@@ -60,7 +60,7 @@ def _lms_table(entity: model.Entity) -> sa.Table:
 LMS_TABLES: dict[str, sa.Table] = {e.name: _lms_table(e) for e in model.ENTITIES}
 
 
-def _browse_indexes() -> None:
+def _browse_indexes() -> frozenset[str]:
     """The browse pages' access paths (migration 0006): people and classes in name order, in
     two partial indexes (active, archived) so that either list pages by a range read; a
     school's members and a person's schools; a class's and a person's enrollments."""
@@ -79,9 +79,13 @@ def _browse_indexes() -> None:
     sa.Index("ix_lms_user_organizations_user", members.c.portal_id, members.c.user_key)
     sa.Index("ix_lms_enrollments_section", enrollments.c.portal_id, enrollments.c.section_key)
     sa.Index("ix_lms_enrollments_user", enrollments.c.portal_id, enrollments.c.user_key)
+    return frozenset(
+        ix.name for t in (users, sections, members, enrollments) for ix in t.indexes if ix.name
+    )
 
 
-_browse_indexes()
+# Only the pages read these: a commit adding most of a table builds them once afterwards.
+BROWSE_INDEXES = _browse_indexes()
 
 runs = sa.Table(
     "sis_sync_runs",
