@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from include.sis_sync import model, school_summary
 from include.sis_sync.lms import counts, schema
-from include.sis_sync.queries import PAGE_SIZE, Page, capped_count, keyset_page
+from include.sis_sync.queries import PAGE_SIZE, Page, capped_count, keyset_page, providers_of
 from include.sis_sync.runs import FINAL
 from include.sis_sync.search import like_escaped, matches
 
@@ -154,16 +154,19 @@ class PeopleFilter:
             raise ValueError(f"state must be active or archived, not {self.state!r}")
 
     def query(self, portal_id: str, *columns: sa.ColumnElement[Any]) -> sa.Select[Any]:
+        """The list's rows; a school's list reads that school's memberships first (a join,
+        not a test per person), so it costs the school's size, not the district's."""
         u = USERS.c
         terms = [u.portal_id == portal_id, u.role == self.role, _state_clause(USERS, self.state)]
-        if self.school:
-            m = MEMBERS.c
-            member = [m.portal_id == u.portal_id, m.user_key == u.sis_key]
-            member.append(m.organization_key == self.school)
-            terms.append(sa.exists(sa.select(m.id).where(*member)))
         if self.search:
             terms.append(matches(u.search_text, self.search))
-        return sa.select(*columns).where(*terms)
+        query = sa.select(*columns)
+        if self.school:
+            m = MEMBERS.c
+            on = [m.portal_id == u.portal_id, m.sis_provider == u.sis_provider]
+            query = query.select_from(USERS.join(MEMBERS, sa.and_(*on, m.user_key == u.sis_key)))
+            terms.append(m.organization_key == self.school)
+        return query.where(*terms)
 
 
 # What a person's and a class's page show of the LMS row, in order.
@@ -232,14 +235,19 @@ def _bound(engine: sa.Engine, table: sa.Table, row_id: int | None) -> tuple[Any,
 
 
 def _record(engine: sa.Engine, table: sa.Table, portal_id: str, sis_key: str) -> dict | None:
-    """The portal's LMS row with this SIS key (the newest, should two providers hold it)."""
-    query = (
-        sa.select(table)
-        .where(table.c.portal_id == portal_id, table.c.sis_key == sis_key)
-        .order_by(table.c.id.desc())
-        .limit(1)
-    )
+    """The portal's LMS row with this SIS key (the newest, should two providers hold it),
+    found through the unique index (portal, provider, key)."""
     with engine.connect() as conn:
+        query = (
+            sa.select(table)
+            .where(
+                table.c.portal_id == portal_id,
+                table.c.sis_provider.in_(providers_of(conn, portal_id)),
+                table.c.sis_key == sis_key,
+            )
+            .order_by(table.c.id.desc())
+            .limit(1)
+        )
         row = conn.execute(query).mappings().first()
     return dict(row) if row is not None else None
 
@@ -262,7 +270,12 @@ def person(engine: sa.Engine, portal_id: str, sis_key: str) -> dict[str, Any] | 
         )
         .select_from(
             MEMBERS.outerjoin(
-                ORGS, sa.and_(o.portal_id == m.portal_id, o.sis_key == m.organization_key)
+                ORGS,
+                sa.and_(
+                    o.portal_id == m.portal_id,
+                    o.sis_provider == m.sis_provider,
+                    o.sis_key == m.organization_key,
+                ),
             )
         )
         .where(m.portal_id == portal_id, m.user_key == sis_key)
@@ -281,7 +294,12 @@ def person(engine: sa.Engine, portal_id: str, sis_key: str) -> dict[str, Any] | 
         )
         .select_from(
             ENROLLMENTS.outerjoin(
-                SECTIONS, sa.and_(s.portal_id == e.portal_id, s.sis_key == e.section_key)
+                SECTIONS,
+                sa.and_(
+                    s.portal_id == e.portal_id,
+                    s.sis_provider == e.sis_provider,
+                    s.sis_key == e.section_key,
+                ),
             )
         )
         .where(e.portal_id == portal_id, e.user_key == sis_key)
@@ -439,7 +457,12 @@ def class_record(engine: sa.Engine, portal_id: str, sis_key: str) -> dict[str, A
         )
         .select_from(
             ENROLLMENTS.outerjoin(
-                USERS, sa.and_(u.portal_id == e.portal_id, u.sis_key == e.user_key)
+                USERS,
+                sa.and_(
+                    u.portal_id == e.portal_id,
+                    u.sis_provider == e.sis_provider,
+                    u.sis_key == e.user_key,
+                ),
             )
         )
         .where(e.portal_id == portal_id, e.section_key == sis_key)

@@ -350,7 +350,7 @@ def action_links(
         sa.func.coalesce(users.c.given_name, "") + " " + sa.func.coalesce(users.c.family_name, "")
     )
     with engine.connect() as conn:
-        providers = _providers(conn, portal_id)
+        providers = providers_of(conn, portal_id)
         columns = (table.c.user_key, table.c[other], table.c.role)
         keys = [r["sis_key"] for r in rows]
         links = {
@@ -376,7 +376,7 @@ def action_links(
     return links
 
 
-def _providers(conn: sa.Connection, portal_id: str) -> list[str]:
+def providers_of(conn: sa.Connection, portal_id: str) -> list[str]:
     """The providers the portal's LMS rows come from (so lookups use the unique index)."""
     orgs = schema.LMS_TABLES["organizations"]
     found = conn.execute(

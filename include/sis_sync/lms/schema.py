@@ -77,6 +77,7 @@ def _browse_indexes() -> frozenset[str]:
     members, enrollments = LMS_TABLES["user_organizations"], LMS_TABLES["enrollments"]
     sa.Index("ix_lms_user_organizations_school", members.c.portal_id, members.c.organization_key)
     sa.Index("ix_lms_user_organizations_user", members.c.portal_id, members.c.user_key)
+    sa.Index("ix_lms_sections_school", sections.c.portal_id, sections.c.organization_key)
     sa.Index("ix_lms_enrollments_section", enrollments.c.portal_id, enrollments.c.section_key)
     sa.Index("ix_lms_enrollments_user", enrollments.c.portal_id, enrollments.c.user_key)
     return frozenset(

@@ -5,7 +5,7 @@
   search ignores case and accents alike on both stores. Filled here for existing rows.
 - Partial indexes over people (by role) and classes in name order, one of active rows and one
   of archived rows: a list's page is one range read, whichever state it shows.
-- A school's members and a person's schools; a class's and a person's enrollments.
+- A school's members and classes, a person's schools, a class's and a person's enrollments.
 - Partial indexes of the actions on users and on sections by key: a record's sync history.
   Enrollment and membership actions (most of an initial sync) write no entry to them.
 - ``sis_sync_counts``: the overview's counts per portal and school.
@@ -46,6 +46,7 @@ def upgrade() -> None:
     members, enrollments = "lms_user_organizations", "lms_enrollments"
     op.create_index(f"ix_{members}_school", members, ["portal_id", "organization_key"])
     op.create_index(f"ix_{members}_user", members, ["portal_id", "user_key"])
+    op.create_index("ix_lms_sections_school", "lms_sections", ["portal_id", "organization_key"])
     op.create_index(f"ix_{enrollments}_section", enrollments, ["portal_id", "section_key"])
     op.create_index(f"ix_{enrollments}_user", enrollments, ["portal_id", "user_key"])
     for entity in SEARCH_FIELDS:
@@ -95,6 +96,7 @@ def downgrade() -> None:
     for name, table in (
         ("school", "lms_user_organizations"),
         ("user", "lms_user_organizations"),
+        ("school", "lms_sections"),
         ("section", "lms_enrollments"),
         ("user", "lms_enrollments"),
     ):
