@@ -22,8 +22,8 @@ from include.sis_sync.runs import FINAL
 from include.sis_sync.search import like_escaped, matches
 
 State = Literal["active", "archived"]
-HISTORY_LIMIT = 200  # a record's newest actions shown; older ones are counted
-ROLE_OF = counts.ROLE_OF
+HISTORY_LIMIT = 200  # a record's newest actions shown (the page says when there are more)
+COURSE_CHOICES = 300  # a class list's course filter is a menu up to this many courses
 USERS = schema.LMS_TABLES["users"]
 SECTIONS = schema.LMS_TABLES["sections"]
 ORGS = schema.LMS_TABLES["organizations"]
@@ -36,12 +36,6 @@ TERMS = schema.LMS_TABLES["terms"]
 def _state_clause(table: sa.Table, state: State) -> sa.ColumnElement[bool]:
     """Written as the partial indexes' conditions are, so that SQLite uses them."""
     return table.c.archived_at.is_(None) if state == "active" else table.c.archived_at.is_not(None)
-
-
-def _name(table: sa.Table) -> sa.ColumnElement[str]:
-    """A person's "Given Family" as SQL (for lists joined to people)."""
-    given = sa.func.coalesce(table.c.given_name, "")
-    return sa.func.trim(given + " " + sa.func.coalesce(table.c.family_name, ""))
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,9 +427,6 @@ def class_choices(
         "courses": [{"sis_key": k, "name": n or k} for k, n in courses[:COURSE_CHOICES]],
         "courses_typed": len(courses) > COURSE_CHOICES,
     }
-
-
-COURSE_CHOICES = 300
 
 
 def class_record(engine: sa.Engine, portal_id: str, sis_key: str) -> dict[str, Any] | None:

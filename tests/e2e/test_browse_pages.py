@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -21,15 +22,18 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from include.sis_sync.lms import schema
 from include.sis_sync.lms.db import engine_for, migrate
 from include.sis_sync.sample.generator import District, generate_district
+from include.sis_sync.staging import purge_personal_values
 from tests.e2e.browser import browser_page, plugin_frame, shot, sign_in, sis_sync_entry
 from tests.e2e.standalone import Standalone, signed_in_users, start_api_server, sync_env
 from tests.feeds import Feed
 from tests.helpers import write_portal
 
 pytestmark = [pytest.mark.standalone, pytest.mark.timeout(600)]
-PORTAL, SOLO = "riverside", "solo"
+PORTAL, SOLO, FORGETFUL = "riverside", "solo", "forgetful"
+OLD_EMAIL, NEW_EMAIL = "liam.king1@example.org", "zoe.obrien@example.org"
 NAME = "Riverside & <Co>"
 ZOE, SCRIPTED = "usr-000001", "usr-000002"
 DAYS = ("2026-09-01", "2026-09-02", "2026-09-03")
@@ -64,9 +68,24 @@ def _without(district: District, user: str) -> District:
     )
 
 
+def _back_with_a_new_email(district: District) -> District:
+    users = district.users.copy()
+    users.loc[users["sourcedId"] == ZOE, "email"] = NEW_EMAIL
+    return District(
+        district.orgs,
+        district.academic_sessions,
+        district.courses,
+        district.classes,
+        users,
+        district.enrollments,
+        dict(district.serials),
+    )
+
+
 def _synced(root: Path, lms_url: str, portal_id: str, day_one: District, **portal: str) -> list:
     feed = Feed(root / portal_id, lms_url, id=portal_id, **portal)
-    for day, district in zip(DAYS, (day_one, _without(day_one, ZOE), day_one), strict=True):
+    days = (day_one, _without(day_one, ZOE), _back_with_a_new_email(day_one))
+    for day, district in zip(DAYS, days, strict=True):
         feed.write(district, day)
     runs = []
     for day in DAYS:
@@ -88,11 +107,26 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     runs = _synced(root, lms_url, PORTAL, day_one, name=NAME)
     school = str(day_one.orgs.loc[day_one.orgs["type"] == "school", "sourcedId"].iloc[0])
     _synced(root, lms_url, SOLO, day_one, name="Solo", schools={"mode": "single", "school": school})
+    _synced(root, lms_url, FORGETFUL, day_one, name="Forgetful", retention_days=1)
+    _past_retention(lms_url, FORGETFUL)
     env = sync_env(root, **signed_in_users("admin:admin,vera:viewer"))
     with start_api_server(root / "airflow", env) as server:
         viewer = server.client_as("vera")
         yield Setup(server, lms_url, runs, viewer)
         viewer.close()
+
+
+def _past_retention(lms_url: str, portal_id: str) -> None:
+    """The portal's syncs ended long ago: retention forgets their staged values."""
+    engine = engine_for(lms_url)
+    runs = schema.runs
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(runs)
+            .where(runs.c.portal_id == portal_id)
+            .values(finished_at=datetime(2000, 1, 1, tzinfo=UTC))
+        )
+    assert purge_personal_values(engine, portal_id, 1) == len(DAYS)
 
 
 def _page(setup: Setup, path: str, status: int = 200) -> str:
@@ -171,10 +205,25 @@ def test_a_reactivated_student_shows_add_archive_reactivate_with_their_syncs(
         (str(added), "add"),
     ]
     assert history.count(">applied<") == 3
+    assert f"email: {OLD_EMAIL} → {NEW_EMAIL}" in history
     assert "Zoë O&#39;Brien" in html
     # her schools and classes, and the report of the sync that last changed her
     assert "/schools/org-00000" in html and "/class/cls-" in html
     assert f'by <a href="/sis-sync/portals/sis_sync__{PORTAL}/runs/{reactivated}">' in html
+
+
+def test_after_retention_the_history_names_the_changed_fields_only(setup: Setup) -> None:
+    html = _page(setup, f"{FORGETFUL}/person/{ZOE}")
+    history = html[html.index("Sync history") :]
+    assert re.search(
+        r"email changed\s*<span class=\"muted\">\(values forgotten after retention\)", history
+    )
+    assert OLD_EMAIL not in html and NEW_EMAIL not in history
+    assert [a for a in re.findall(r'<span class="badge">(\w+)</span>', history)] == [
+        "reactivate",
+        "archive",
+        "add",
+    ]
 
 
 @pytest.mark.parametrize(

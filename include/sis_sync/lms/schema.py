@@ -75,10 +75,17 @@ def _browse_indexes() -> frozenset[str]:
                 postgresql_where=where,
             )
     members, enrollments = LMS_TABLES["user_organizations"], LMS_TABLES["enrollments"]
-    sa.Index("ix_lms_user_organizations_school", members.c.portal_id, members.c.organization_key)
+    # a school's members, and (with role and archived_at) the overview's counts from the index
+    sa.Index(
+        "ix_lms_user_organizations_school",
+        *(members.c[c] for c in ("portal_id", "organization_key", "role", "archived_at")),
+    )
     sa.Index("ix_lms_user_organizations_user", members.c.portal_id, members.c.user_key)
     sa.Index("ix_lms_sections_school", sections.c.portal_id, sections.c.organization_key)
-    sa.Index("ix_lms_enrollments_section", enrollments.c.portal_id, enrollments.c.section_key)
+    sa.Index(
+        "ix_lms_enrollments_section",
+        *(enrollments.c[c] for c in ("portal_id", "section_key", "archived_at")),
+    )
     sa.Index("ix_lms_enrollments_user", enrollments.c.portal_id, enrollments.c.user_key)
     return frozenset(
         ix.name for t in (users, sections, members, enrollments) for ix in t.indexes if ix.name

@@ -8,7 +8,8 @@
 - A school's members and classes, a person's schools, a class's and a person's enrollments.
 - Partial indexes of the actions on users and on sections by key: a record's sync history.
   Enrollment and membership actions (most of an initial sync) write no entry to them.
-- ``sis_sync_counts``: the overview's counts per portal and school.
+- ``sis_sync_counts``: the overview's counts per portal and school (the membership and
+  enrollment indexes hold ``archived_at`` so that a commit recounts from the indexes alone).
 
 Revision ID: 0006
 Revises: 0005
@@ -44,10 +45,12 @@ def upgrade() -> None:
                 postgresql_where=where,
             )
     members, enrollments = "lms_user_organizations", "lms_enrollments"
-    op.create_index(f"ix_{members}_school", members, ["portal_id", "organization_key"])
+    school_columns = ["portal_id", "organization_key", "role", "archived_at"]
+    op.create_index(f"ix_{members}_school", members, school_columns)
     op.create_index(f"ix_{members}_user", members, ["portal_id", "user_key"])
     op.create_index("ix_lms_sections_school", "lms_sections", ["portal_id", "organization_key"])
-    op.create_index(f"ix_{enrollments}_section", enrollments, ["portal_id", "section_key"])
+    section_columns = ["portal_id", "section_key", "archived_at"]
+    op.create_index(f"ix_{enrollments}_section", enrollments, section_columns)
     op.create_index(f"ix_{enrollments}_user", enrollments, ["portal_id", "user_key"])
     for entity in SEARCH_FIELDS:
         where = sa.text(f"entity = '{entity}'")
