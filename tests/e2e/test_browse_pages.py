@@ -291,6 +291,11 @@ def test_an_admin_browses_from_the_portal_to_the_sync_that_last_changed_a_studen
         frame.get_by_role("link", name="Overview").first.click()
         frame.get_by_role("heading", name="Per school").wait_for()
         shot(page, "browse-01-overview")
+        frame.get_by_role("link", name="Schools", exact=True).click()
+        frame.get_by_text("not mapped").or_(
+            frame.get_by_text("washington-middle-school")
+        ).first.wait_for()
+        shot(page, "browse-02-schools")
         frame.get_by_role("link", name="Washington Middle School").first.click()
         frame.get_by_role("heading", name="Counts").wait_for()
         shot(page, "browse-02-school")
@@ -302,6 +307,8 @@ def test_an_admin_browses_from_the_portal_to_the_sync_that_last_changed_a_studen
         frame.get_by_role("link", name="O'Brien, Zoë").click()
         frame.get_by_role("heading", name="Sync history").wait_for()
         shot(page, "browse-04-student")
+        frame.locator("table.history").scroll_into_view_if_needed()
+        shot(page, "browse-04-history")
         history = frame.locator("table.history tbody tr")
         actions = [history.nth(i).locator("td .badge").first.inner_text() for i in range(3)]
         assert actions == ["reactivate", "archive", "add"]
