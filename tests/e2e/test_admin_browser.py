@@ -84,15 +84,15 @@ def _sync_now(page: Any, af: Standalone) -> str:
     return _waiting(af, known)
 
 
-def _students_to_add(page: Any, shot: str | None = None) -> Any:
+def _students_to_add(page: Any, shot_name: str | None = None) -> Any:
     """From the status page, the waiting sync's report, then its list of students to add
     (the count in the report is the link)."""
     page.reload()
     frame = plugin_frame(page)
     frame.get_by_role("link", name="Report").first.click()
     frame.get_by_text("This sync waits for approval").wait_for()
-    if shot:
-        shot(page, shot)
+    if shot_name:
+        shot(page, shot_name)
     students = frame.locator("tbody tr", has_text="users (student)")
     students.get_by_role("link").first.click()
     frame.locator('input[name="ticked"]').first.wait_for()
@@ -111,7 +111,7 @@ def test_an_admin_reviews_unticks_commits_then_rejects(
     shot(page, "01-portals")
 
     first = _sync_now(page, af)
-    frame = _students_to_add(page, shot="03-report-waiting")
+    frame = _students_to_add(page, shot_name="03-report-waiting")
     unticked_key = frame.locator("tbody tr td:nth-child(2)").first.inner_text()
     frame.locator('input[name="ticked"]').first.uncheck()
     shot(page, "04-action-list")
