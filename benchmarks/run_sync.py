@@ -511,7 +511,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from include.sis_sync.lms.db import migrate
     from include.sis_sync.pipeline import RunContext
 
-    lms_url = f"sqlite:///{work / 'lms.db'}"
+    lms_url = _lms_database(args, work)
+    result["store"] = sa_url(lms_url).get_backend_name()
+    if args.postgres:
+        result["machine"]["postgresql"] = args.postgres_version
     started = time.perf_counter()
     migrate(lms_url)
     result["migrate_seconds"] = round(time.perf_counter() - started, 3)
@@ -560,7 +563,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "children_ru_maxrss_mb": round(_children_maxrss_bytes() / MB, 1),
     }
     result["disk_mb"] = {
-        "lms_db": round(sum(p.stat().st_size for p in work.glob("lms.db*") if p.is_file()) / MB, 1),
+        "lms_db": _lms_megabytes(lms_url, work),
         "run_data": round(_folder_bytes(work / "runs") / MB, 1),
         "drops": round(_folder_bytes(work / "drops") / MB, 1),
     }
@@ -572,7 +575,64 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     result["status"] = "complete"
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+        if args.postgres:
+            _drop_database(args.postgres, lms_url)
     return result
+
+
+def sa_url(url: str) -> Any:
+    import sqlalchemy as sa
+
+    return sa.make_url(url)
+
+
+def _lms_database(args: argparse.Namespace, work: Path) -> str:
+    """The LMS the benchmark syncs into: a SQLite file in the work folder, or with
+    ``--postgres`` a fresh database ``sis_sync_bench_<preset>`` on that server."""
+    if not args.postgres:
+        return f"sqlite:///{work / 'lms.db'}"
+    import sqlalchemy as sa
+
+    name = f"sis_sync_bench_{args.preset}"
+    admin = sa.create_engine(args.postgres, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        version = conn.exec_driver_sql("SHOW server_version").scalar()
+    admin.dispose()
+    args.postgres_version = str(version)
+    url = sa.make_url(args.postgres).set(database=name)
+    return url.render_as_string(hide_password=False)
+
+
+def _drop_database(server: str, lms_url: str) -> None:
+    import sqlalchemy as sa
+
+    from include.sis_sync.lms.db import engine_for
+
+    engine_for(lms_url).dispose()
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(
+            f"DROP DATABASE IF EXISTS {sa.make_url(lms_url).database} WITH (FORCE)"
+        )
+    admin.dispose()
+
+
+def _lms_megabytes(lms_url: str, work: Path) -> float:
+    if sa_url(lms_url).get_backend_name() == "sqlite":
+        return round(sum(p.stat().st_size for p in work.glob("lms.db*") if p.is_file()) / MB, 1)
+    from include.sis_sync.lms.db import engine_for
+
+    with engine_for(lms_url).connect() as conn:
+        size = conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar()
+    return round(int(size or 0) / MB, 1)
+
+
+def results_name(result: dict[str, Any]) -> str:
+    """``<preset>`` on SQLite, ``<preset>-postgresql`` on PostgreSQL."""
+    store = result.get("store", "sqlite")
+    return result["preset"] if store == "sqlite" else f"{result['preset']}-{store}"
 
 
 def _watchdog(bench: Bench, args: argparse.Namespace, started: float) -> threading.Event:
@@ -612,10 +672,11 @@ PRESET_ORDER = ("demo", "small", "medium", "large")
 
 def write_results(result: dict[str, Any], out: Path, *, partial: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{result['preset']}.partial.json" if partial else f"{result['preset']}.json"
+    stem = results_name(result)
+    name = f"{stem}.partial.json" if partial else f"{stem}.json"
     (out / name).write_text(json.dumps(result, indent=1, default=str) + "\n")
     if not partial:
-        (out / f"{result['preset']}.partial.json").unlink(missing_ok=True)
+        (out / f"{stem}.partial.json").unlink(missing_ok=True)
         (out / "README.md").write_text(render_results(out))
 
 
@@ -629,7 +690,10 @@ def _load_results(out: Path) -> list[dict[str, Any]]:
             if "preset" in result:  # other benchmarks (admin_pages) keep results here too
                 results.append(result)
     order = {p: i for i, p in enumerate(PRESET_ORDER)}
-    return sorted(results, key=lambda r: (order.get(r.get("preset"), 99), r.get("preset", "")))
+    return sorted(
+        results,
+        key=lambda r: (order.get(r.get("preset"), 99), r.get("preset", ""), r.get("store", "")),
+    )
 
 
 def _verdict(budget: dict[str, Any] | None) -> str:
@@ -662,10 +726,10 @@ def render_results(out: Path) -> str:
         "",
         "## Summary",
         "",
-        "| preset | code | status | students | enrollments | generation s | initial s "
+        "| preset | store | code | status | students | enrollments | generation s | initial s "
         "| initial peak MB | day-2 s | day-2 peak MB | day-2 diff s | read s | ratio "
         "| < 5 min | < 6 GB | ratio <= 3 |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for r in results:
         syncs, rows = r.get("syncs", {}), r.get("rows", {}).get("day1", {})
@@ -673,7 +737,8 @@ def render_results(out: Path) -> str:
         base = r.get("day2_diff_baseline") or {}
         budgets = r.get("budgets", {})
         lines.append(
-            f"| {r['preset']} | {r.get('code', {}).get('sha256', '-')} | {r.get('status')} "
+            f"| {r['preset']} | {r.get('store', 'sqlite')} "
+            f"| {r.get('code', {}).get('sha256', '-')} | {r.get('status')} "
             f"| {_fmt(rows.get('students'))} "
             f"| {_fmt(rows.get('enrollments'))} "
             f"| {_fmt(r.get('generation', {}).get('total_seconds'), 1)} "
@@ -697,13 +762,14 @@ def _preset_section(r: dict[str, Any]) -> list[str]:
     gen = r.get("generation", {})
     syncs = r.get("syncs", {})
     lines = [
-        f"## {r['preset']}",
+        f"## {r['preset']}" + (f" ({r['store']})" if r.get("store", "sqlite") != "sqlite" else ""),
         "",
         f"Run {r.get('date')} (`{r.get('command')}`), status **{r.get('status')}**.",
         f"Machine: {m.get('nproc')} CPUs ({m.get('cpu_model')}), {m.get('total_ram_gb')} GB RAM; "
         f"Python {m.get('python')}, pandas {m.get('pandas')}, pyarrow {m.get('pyarrow')}, "
         f"SQLAlchemy {m.get('sqlalchemy')}, SQLite {m.get('sqlite')}, "
-        f"great_expectations {m.get('great_expectations')}.",
+        + (f"PostgreSQL {m['postgresql']}, " if m.get("postgresql") else "")
+        + f"great_expectations {m.get('great_expectations')}.",
     ]
     code = r.get("code")
     if code:
@@ -800,6 +866,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
     parser.add_argument("--work", type=Path, help="work folder (default benchmarks/.work/PRESET)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="sync into a fresh database on this PostgreSQL server instead of a SQLite file",
+    )
     parser.add_argument(
         "--limit-minutes", type=float, help="stop the syncs after this long, keeping partials"
     )

@@ -1,8 +1,8 @@
 """Set-based SQL helpers: many rows per statement, never a round trip per row.
 
-Inserts go through the driver's ``executemany`` in large chunks; updates and archives load the
-affected ids (and new values) into a temporary table and change the target with one
-``UPDATE ... FROM`` statement. Both work on SQLite and PostgreSQL.
+Inserts stream through PostgreSQL's ``COPY`` or SQLite's ``executemany`` in large chunks;
+updates and archives load the affected ids (and new values) into a temporary table and change
+the target with one ``UPDATE ... FROM`` statement.
 """
 
 from __future__ import annotations
@@ -54,12 +54,31 @@ def insert_frame(
     constants = dict(constants or {})
     names = [*frame.columns, *constants]
     columns = ", ".join(quote_name(conn, c) for c in names)
+    fixed = [sql_value(conn, v) for v in constants.values()]
+    if conn.dialect.name == "postgresql":
+        _copy(conn, f"COPY {quote_name(conn, table)} ({columns}) FROM STDIN", frame, fixed)
+        return len(frame)
     values = ", ".join([placeholder(conn)] * len(names))
     sql = f"INSERT INTO {quote_name(conn, table)} ({columns}) VALUES ({values})"
-    fixed = [sql_value(conn, v) for v in constants.values()]
     for start in range(0, len(frame), CHUNK_ROWS):
         conn.exec_driver_sql(sql, _records(frame.iloc[start : start + CHUNK_ROWS], fixed))
     return len(frame)
+
+
+def _copy(conn: sa.Connection, sql: str, frame: pd.DataFrame, fixed: list[object]) -> None:
+    """PostgreSQL's ``COPY ... FROM STDIN`` through psycopg, in the connection's transaction:
+    the rows stream in one statement, several times faster than batched ``INSERT``s."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        with cursor.copy(sql) as copy:
+            for start in range(0, len(frame), CHUNK_ROWS):
+                for row in _records(frame.iloc[start : start + CHUNK_ROWS], fixed):
+                    copy.write_row(row)
+    except dbapi.Error as exc:  # raised as SQLAlchemy raises a failed statement's error
+        raise sa.exc.DBAPIError.instance(sql, None, exc, dbapi.Error) from exc
+    finally:
+        cursor.close()
 
 
 def temp_table(
