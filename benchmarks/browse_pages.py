@@ -123,7 +123,16 @@ def _connection(url: str) -> str:
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return json.dumps({"conn_type": "sqlite", "host": parsed.database})
-    return parsed.render_as_string(hide_password=False).replace("+psycopg", "")
+    return json.dumps(
+        {
+            "conn_type": "postgres",
+            "host": parsed.host,
+            "port": parsed.port,
+            "login": parsed.username,
+            "password": parsed.password,
+            "schema": parsed.database,
+        }
+    )
 
 
 def _time_pages(engine: sa.Engine, portal: str) -> dict[str, Any]:
