@@ -33,6 +33,14 @@ COURSES = schema.LMS_TABLES["courses"]
 TERMS = schema.LMS_TABLES["terms"]
 
 
+def _refers_to(child: sa.Table, column: str, parent: sa.Table) -> sa.ColumnElement[bool]:
+    """The join of a row to the record its ``column`` names: same portal and provider, so
+    the lookup uses the parent's unique index (portal, provider, key)."""
+    c, p = child.c, parent.c
+    same = (p.portal_id == c.portal_id, p.sis_provider == c.sis_provider)
+    return sa.and_(*same, p.sis_key == c[column])
+
+
 def _state_clause(table: sa.Table, state: State) -> sa.ColumnElement[bool]:
     """Written as the partial indexes' conditions are, so that SQLite uses them."""
     return table.c.archived_at.is_(None) if state == "active" else table.c.archived_at.is_not(None)
@@ -262,16 +270,7 @@ def person(engine: sa.Engine, portal_id: str, sis_key: str) -> dict[str, Any] | 
             o.kind,
             o.archived_at.label("school_archived_at"),
         )
-        .select_from(
-            MEMBERS.outerjoin(
-                ORGS,
-                sa.and_(
-                    o.portal_id == m.portal_id,
-                    o.sis_provider == m.sis_provider,
-                    o.sis_key == m.organization_key,
-                ),
-            )
-        )
+        .select_from(MEMBERS.outerjoin(ORGS, _refers_to(MEMBERS, "organization_key", ORGS)))
         .where(m.portal_id == portal_id, m.user_key == sis_key)
         .order_by(m.archived_at.is_not(None), o.name)
     )
@@ -287,14 +286,7 @@ def person(engine: sa.Engine, portal_id: str, sis_key: str) -> dict[str, Any] | 
             s.archived_at.label("class_archived_at"),
         )
         .select_from(
-            ENROLLMENTS.outerjoin(
-                SECTIONS,
-                sa.and_(
-                    s.portal_id == e.portal_id,
-                    s.sis_provider == e.sis_provider,
-                    s.sis_key == e.section_key,
-                ),
-            )
+            ENROLLMENTS.outerjoin(SECTIONS, _refers_to(ENROLLMENTS, "section_key", SECTIONS))
         )
         .where(e.portal_id == portal_id, e.user_key == sis_key)
         .order_by(e.archived_at.is_not(None), s.name)
@@ -446,16 +438,7 @@ def class_record(engine: sa.Engine, portal_id: str, sis_key: str) -> dict[str, A
             u.email,
             u.archived_at.label("person_archived_at"),
         )
-        .select_from(
-            ENROLLMENTS.outerjoin(
-                USERS,
-                sa.and_(
-                    u.portal_id == e.portal_id,
-                    u.sis_provider == e.sis_provider,
-                    u.sis_key == e.user_key,
-                ),
-            )
-        )
+        .select_from(ENROLLMENTS.outerjoin(USERS, _refers_to(ENROLLMENTS, "user_key", USERS)))
         .where(e.portal_id == portal_id, e.section_key == sis_key)
         .order_by(e.archived_at.is_not(None), u.search_text)
     )
