@@ -1,5 +1,9 @@
 """Run-scoped intermediate data: Parquet frames and small JSON files under SIS_SYNC_DATA_URL.
 
+The root is a local folder or an object-store URL (``s3://bucket/prefix``, credentials from
+the Airflow connection ``SIS_SYNC_DATA_CONN_ID``, default ``aws_default``): with object
+storage, tasks of one run may run on different workers sharing no disk.
+
 Each run gets its own folder ``<root>/<portal>/run_<id>_<data_key>/<stage>/`` (the key is
 random, kept on the run's row: two LMS databases sharing the root never meet), and a stage
 writes its folder afresh, so a retried task never reads an earlier try's files. Run data
@@ -11,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -22,19 +25,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from include.sis_sync import storage
 from include.sis_sync.config import PROJECT_ROOT
+from include.sis_sync.storage import Location
 
 DEFAULT_DATA_DIR = PROJECT_ROOT / ".data" / "runs"
+DEFAULT_DATA_CONN_ID = "aws_default"
 
 
-def data_root() -> Path:
-    """``SIS_SYNC_DATA_URL`` (a local folder or ``file://`` URL), else ``.data/runs``."""
-    url = os.environ.get("SIS_SYNC_DATA_URL", str(DEFAULT_DATA_DIR))
-    if "://" in url and not url.startswith("file://"):
-        raise ValueError(
-            f"SIS_SYNC_DATA_URL={url!r}: only local folders and file:// URLs are supported so far"
-        )
-    return Path(url.removeprefix("file://"))
+def data_root() -> Location:
+    """``SIS_SYNC_DATA_URL`` (a local folder, ``file://`` or object-store URL), else
+    ``.data/runs``."""
+    url = os.environ.get("SIS_SYNC_DATA_URL") or str(DEFAULT_DATA_DIR)
+    return storage.location(url, os.environ.get("SIS_SYNC_DATA_CONN_ID") or DEFAULT_DATA_CONN_ID)
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class RunData:
 
     portal_id: str
     run_id: int
-    root: Path
+    root: Location
     data_key: str | None = None  # None: a run from before migration 0004
 
     @classmethod
@@ -51,17 +54,17 @@ class RunData:
         return cls(portal_id, run_id, data_root(), data_key)
 
     @property
-    def folder(self) -> Path:
+    def folder(self) -> Location:
         suffix = f"_{self.data_key}" if self.data_key else ""
         return self.root / self.portal_id / f"run_{self.run_id}{suffix}"
 
     def write_tables(self, stage: str, tables: dict[str, pa.Table]) -> None:
         """Write a stage's tables into a fresh folder: files of an earlier try go first."""
         folder = self.folder / stage
-        shutil.rmtree(folder, ignore_errors=True)
+        storage.remove_tree(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for name, table in tables.items():
-            pq.write_table(table, folder / f"{name}.parquet")
+            _write_parquet(table, folder / f"{name}.parquet")
 
     def write_frames(self, stage: str, frames: dict[str, pd.DataFrame]) -> None:
         self.write_tables(
@@ -71,11 +74,10 @@ class RunData:
     def read_frames(self, stage: str) -> dict[str, pd.DataFrame]:
         folder = self.folder / stage
         if not folder.exists():
-            raise FileNotFoundError(f"{folder}: no {stage} data for this run (was it purged?)")
-        return {
-            p.stem: pq.read_table(p).to_pandas(types_mapper=_string_types)
-            for p in sorted(folder.glob("*.parquet"))
-        }
+            raise FileNotFoundError(
+                f"{storage.display(folder)}: no {stage} data for this run (was it purged?)"
+            )
+        return {p.stem: _read_parquet(p) for p in sorted(folder.glob("*.parquet"))}
 
     def lazy_frames(self, stage: str) -> LazyFrames:
         """The stage's frames, each read only when asked for (and not kept)."""
@@ -93,22 +95,41 @@ class LazyFrames(Mapping[str, pd.DataFrame]):
     """A stage's Parquet frames as a mapping that reads each file when it is looked up, so a
     consumer going entity by entity holds one frame at a time."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Location) -> None:
         if not folder.exists():
-            raise FileNotFoundError(f"{folder}: no data for this run (was it purged?)")
+            raise FileNotFoundError(
+                f"{storage.display(folder)}: no data for this run (was it purged?)"
+            )
         self.folder = folder
 
     def __getitem__(self, name: str) -> pd.DataFrame:
         path = self.folder / f"{name}.parquet"
         if not path.exists():
             raise KeyError(name)
-        return pq.read_table(path).to_pandas(types_mapper=_string_types)
+        return _read_parquet(path)
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(p.stem for p in self.folder.glob("*.parquet")))
 
     def __len__(self) -> int:
         return sum(1 for _ in self.folder.glob("*.parquet"))
+
+
+def _write_parquet(table: pa.Table, path: Location) -> None:
+    if isinstance(path, Path):
+        pq.write_table(table, path)
+    else:
+        with path.open("wb") as stream:
+            pq.write_table(table, stream)
+
+
+def _read_parquet(path: Location) -> pd.DataFrame:
+    if isinstance(path, Path):
+        table = pq.read_table(path)
+    else:
+        with path.open("rb") as stream:
+            table = pq.read_table(stream)
+    return table.to_pandas(types_mapper=_string_types)
 
 
 def _string_types(arrow_type: pa.DataType) -> Any:
@@ -118,15 +139,15 @@ def _string_types(arrow_type: pa.DataType) -> Any:
     return None
 
 
-def purge_expired(portal_id: str, retention_days: int, root: Path | None = None) -> int:
+def purge_expired(portal_id: str, retention_days: int, root: Location | None = None) -> int:
     """Delete this portal's run folders older than the retention period; returns how many."""
-    folder = (root or data_root()) / portal_id
+    folder = (root if root is not None else data_root()) / portal_id
     if not folder.exists():
         return 0
     cutoff = time.time() - retention_days * 86400
     removed = 0
     for run in folder.glob("run_*"):
-        if run.is_dir() and run.stat().st_mtime < cutoff:
-            shutil.rmtree(run, ignore_errors=True)
+        if run.is_dir() and storage.last_modified(run) < cutoff:
+            storage.remove_tree(run)
             removed += 1
     return removed

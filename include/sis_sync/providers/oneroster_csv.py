@@ -17,14 +17,13 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from include.sis_sync import model
+from include.sis_sync import model, storage
 from include.sis_sync.providers.base import Completeness
 
 if TYPE_CHECKING:
@@ -66,12 +65,11 @@ class RawDrop:
 # --------------------------------------------------------------------------------------------
 
 
-def list_drops(template: str) -> dict[date, str]:
+def list_drops(template: str, conn_id: str | None = None) -> dict[date, str]:
     """Every dated drop a ``{date}`` path template matches, by date."""
-    pattern = glob.escape(template).replace(glob.escape("{date}"), "*")
     regex = re.compile(re.escape(template).replace(re.escape("{date}"), r"(\d{4}-\d{2}-\d{2})"))
     drops: dict[date, str] = {}
-    for candidate in glob.glob(pattern):
+    for candidate in _candidates(template, conn_id):
         match = regex.fullmatch(candidate)
         if match:
             try:
@@ -81,13 +79,28 @@ def list_drops(template: str) -> dict[date, str]:
     return dict(sorted(drops.items()))
 
 
-def locate_drop(template: str, drop_date: date | None) -> tuple[str, date | None]:
+def _candidates(template: str, conn_id: str | None) -> list[str]:
+    """The paths a template's ``{date}`` could stand for, spelled as the template spells them."""
+    if not storage.is_remote(template):
+        return glob.glob(glob.escape(template).replace(glob.escape("{date}"), "*"))
+    head, _, tail = template.partition("{date}")
+    base, _, first = head.rpartition("/")
+    pattern = (first + "{date}" + tail).replace("{date}", "*")
+    root = storage.location(base, conn_id)
+    if not root.exists():
+        return []
+    return [f"{base}/{found.path[len(root.path) + 1 :]}" for found in root.glob(pattern)]
+
+
+def locate_drop(
+    template: str, drop_date: date | None, conn_id: str | None = None
+) -> tuple[str, date | None]:
     """The drop to read: the one of ``drop_date``, else the newest; undated paths as they are."""
     if "{date}" not in template:
-        if not Path(template).exists():
+        if not storage.location(template, conn_id).exists():
             raise DropError(f"{template}: the portal's drop path does not exist")
         return template, None
-    drops = list_drops(template)
+    drops = list_drops(template, conn_id)
     if drop_date is not None:
         if drop_date not in drops:
             raise DropError(
@@ -113,6 +126,7 @@ class DropLimits:
 
     max_file_bytes: int = 2 * 1024**3
     max_ratio: float = 100.0
+    conn_id: str | None = None  # the Airflow connection of an object-store drop
 
 
 # Small files compress as they like: the ratio is judged only past this unpacked size.
@@ -132,15 +146,21 @@ class DropFiles:
 
     def __init__(self, path: str, limits: DropLimits) -> None:
         self.path, self.limits = path, limits
+        self.folder = storage.location(path, limits.conn_id)
         self._archive: zipfile.ZipFile | None = None
-        if zipfile.is_zipfile(path):
-            self._archive = zipfile.ZipFile(path)
-            self._members: dict[str, zipfile.ZipInfo] = _zip_members(self._archive, path)
-            self.names = set(self._members)
-        elif Path(path).is_dir():
-            self.names = {p.name for p in Path(path).iterdir() if p.is_file()}
-        else:
-            raise DropError(f"{path}: a drop is a folder or a .zip file, and this is neither")
+        self._stream: IO[bytes] | None = None
+        if self.folder.is_file():
+            self._stream = self.folder.open("rb")
+            if zipfile.is_zipfile(self._stream):
+                self._archive = zipfile.ZipFile(self._stream)
+                self._members: dict[str, zipfile.ZipInfo] = _zip_members(self._archive, path)
+                self.names = set(self._members)
+                return
+            self._stream.close()
+        elif self.folder.is_dir():
+            self.names = {p.name for p in self.folder.iterdir() if p.is_file()}
+            return
+        raise DropError(f"{path}: a drop is a folder or a .zip file, and this is neither")
 
     def __enter__(self) -> DropFiles:
         return self
@@ -148,15 +168,17 @@ class DropFiles:
     def __exit__(self, *exc: object) -> None:
         if self._archive is not None:
             self._archive.close()
+        if self._stream is not None:
+            self._stream.close()
 
     def read(self, name: str) -> bytes:
         """The file's bytes, refused by name when past the drop's limits."""
         where = f"{self.path}/{name}"
         limit = self.limits.max_file_bytes
         if self._archive is None:
-            size = (Path(self.path) / name).stat().st_size
-            _check_size(where, size, limit)
-            return (Path(self.path) / name).read_bytes()
+            file = self.folder / name
+            _check_size(where, file.stat().st_size, limit)
+            return file.read_bytes()
         info = self._members[name]
         _check_size(where, info.file_size, limit)
         ratio = info.file_size / max(info.compress_size, 1)

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 from pydantic import Field
 
+from include.sis_sync import storage
 from include.sis_sync.providers import oneroster_csv
 from include.sis_sync.providers.base import (
     Completeness,
@@ -42,7 +43,8 @@ class FileDropSource(SourceConfig):
     has not arrived waits for it up to ``wait_hours``, looking every ``poke_seconds`` and
     holding no worker slot meanwhile (0 hours: fail at once, as manual and backfill runs do).
     A file past ``max_file_mb``, or a zip entry unpacking to more than ``max_zip_ratio``
-    times its packed size, is refused before it is read.
+    times its packed size, is refused before it is read. ``path`` may be an object-store URL
+    (``s3://bucket/drops/{date}``), read with the Airflow connection ``conn_id``.
     """
 
     provider: Literal["oneroster_csv"]
@@ -51,19 +53,25 @@ class FileDropSource(SourceConfig):
     poke_seconds: Annotated[int, Field(ge=5, le=3600)] = 300
     max_file_mb: Annotated[int, Field(ge=1)] = 2048
     max_zip_ratio: Annotated[float, Field(ge=1)] = 100.0
+    conn_id: str | None = None
 
     def limits(self) -> oneroster_csv.DropLimits:
-        return oneroster_csv.DropLimits(self.max_file_mb * 1024**2, self.max_zip_ratio)
+        return oneroster_csv.DropLimits(
+            self.max_file_mb * 1024**2, self.max_zip_ratio, self.conn_id
+        )
 
     @property
     def dated(self) -> bool:
         return "{date}" in self.path
 
     def resolve(self) -> str:
-        """The path template with environment variables expanded and made absolute."""
+        """The path template with environment variables expanded and, when local, made
+        absolute."""
         from include.sis_sync.config import DEFAULT_DROPS_DIR
 
         expanded = os.path.expandvars(os.path.expanduser(self.path))
+        if storage.is_remote(expanded):
+            return expanded
         if not os.path.isabs(expanded):
             base = os.environ.get("SIS_SYNC_DROPS_DIR") or str(DEFAULT_DROPS_DIR)
             expanded = os.path.abspath(os.path.join(os.path.expanduser(base), expanded))
@@ -104,13 +112,16 @@ class OneRosterCsvProvider(Provider):
         if not source.dated or drop_date is None:
             return True
         template = source.resolve()
-        if drop_date in oneroster_csv.list_drops(template):
+        if drop_date in oneroster_csv.list_drops(template, source.conn_id):
             return True
         return f"{template.replace('{date}', drop_date.isoformat())}: no drop for {drop_date}"
 
     def extract(self, request: ExtractRequest) -> ExtractResult:
         ctx = request.ctx
-        path, drop_date = oneroster_csv.locate_drop(ctx.portal.source.resolve(), drop_date_for(ctx))
+        source = ctx.portal.source
+        path, drop_date = oneroster_csv.locate_drop(
+            source.resolve(), drop_date_for(ctx), source.conn_id
+        )
         newest = request.newest_source_date
         if drop_date and newest and drop_date < newest and not ctx.params.get("replay"):
             raise SourceRefused(
@@ -120,7 +131,7 @@ class OneRosterCsvProvider(Provider):
                 source=path,
                 source_date=drop_date,
             )
-        drop = oneroster_csv.read_drop(path, ctx.portal.source.limits())
+        drop = oneroster_csv.read_drop(path, source.limits())
         modes = oneroster_csv.entity_modes(drop.modes, ctx.portal.entities)
         return ExtractResult(
             tables=drop.tables,
