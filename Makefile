@@ -1,6 +1,6 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
 SHELL := /bin/bash
-.PHONY: setup demo test lint format check ui bench clean
+.PHONY: setup demo test lint format check ui bench cluster cluster-stop cluster-status clean
 
 setup:            ## install into .venv, prepare Airflow and the LMS database
 	scripts/setup.sh
@@ -25,6 +25,15 @@ ui:               ## Airflow UI with the demo portal (airflow standalone, small 
 
 bench:            ## the scale benchmark (PRESET=small|medium|large)
 	source scripts/env.sh && python -m benchmarks.run_sync --preset $${PRESET:-small}
+
+cluster:          ## a production-shaped deployment here: PostgreSQL, Redis, S3, Celery with 2 workers
+	scripts/setup.sh >/dev/null && .venv/bin/python scripts/cluster.py start
+
+cluster-stop:
+	.venv/bin/python scripts/cluster.py stop
+
+cluster-status:
+	.venv/bin/python scripts/cluster.py status
 
 clean:
 	rm -rf .data .airflow

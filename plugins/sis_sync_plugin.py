@@ -30,15 +30,30 @@ def _write_note(dag_run: Any) -> None:
     if not str(dag_run.dag_id).startswith(DAG_PREFIX):
         return
     try:
-        from include.sis_sync.cli import lms_url_from_env
         from include.sis_sync.lms.db import engine_for
         from include.sis_sync.report import outcome_note
 
-        note = outcome_note(engine_for(lms_url_from_env()), dag_run.dag_id, dag_run.run_id)
+        note = outcome_note(engine_for(_lms_url()), dag_run.dag_id, dag_run.run_id)
         if note:
             _save_note(dag_run, note)
     except Exception:
         log.exception("could not write the sync outcome of %s as its note", dag_run.run_id)
+
+
+def _lms_url() -> str:
+    """The ``lms_db`` connection's URL, looked up on a thread of its own.
+
+    In the scheduler a listener runs inside the scheduler's database session. Looking the
+    connection up in Airflow's metadata database on the same thread would use (and then close)
+    that very session, detaching the scheduler's objects: the scheduler then crashes. A thread
+    has a session of its own.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from include.sis_sync.cli import lms_url_from_env
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sis-sync-note") as pool:
+        return pool.submit(lms_url_from_env).result(timeout=30)
 
 
 def _save_note(dag_run: Any, note: str) -> None:

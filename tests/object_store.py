@@ -69,14 +69,24 @@ def object_store_server(timeout: float = 30) -> Iterator[ObjectStore]:
     endpoint = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(endpoint, process, timeout)
+        _forget_stores()
         yield ObjectStore(endpoint)
     finally:
+        _forget_stores()
         process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+def _forget_stores() -> None:
+    """Airflow keeps one filesystem per connection id for the life of the process; tests
+    point the same connection id at servers that come and go, so each starts afresh."""
+    from airflow.sdk.io import store
+
+    store._STORE_CACHE.clear()
 
 
 def _wait_until_up(endpoint: str, process: subprocess.Popen[bytes], timeout: float) -> None:

@@ -31,6 +31,7 @@ from include.sis_sync.storage import Location
 
 DEFAULT_DATA_DIR = PROJECT_ROOT / ".data" / "runs"
 DEFAULT_DATA_CONN_ID = "aws_default"
+STAGE_MARKER = "_tables.json"
 
 
 def data_root() -> Location:
@@ -65,6 +66,9 @@ class RunData:
         folder.mkdir(parents=True, exist_ok=True)
         for name, table in tables.items():
             _write_parquet(table, folder / f"{name}.parquet")
+        # An object store has no empty folders: a stage with no tables (a quick sync that
+        # found no changes) exists through this marker.
+        (folder / STAGE_MARKER).write_text(json.dumps(sorted(tables)))
 
     def write_frames(self, stage: str, frames: dict[str, pd.DataFrame]) -> None:
         self.write_tables(

@@ -86,10 +86,14 @@ def test_run_data_round_trips_and_a_retry_starts_its_stage_afresh(
     data.write_frames("canonical", {"users": frame})  # a retried task's stage replaces all
     data.write_json("findings", [{"field": "email"}])
 
+    data.write_frames("raw", {})  # a quick sync that found no changes: an empty stage
     assert server.keys(bucket, "runs/") == [
+        "runs/p1/run_7_k/canonical/_tables.json",
         "runs/p1/run_7_k/canonical/users.parquet",
         "runs/p1/run_7_k/findings.json",
+        "runs/p1/run_7_k/raw/_tables.json",
     ]
+    assert data.read_frames("raw") == {}
     pd.testing.assert_frame_equal(data.read_frames("canonical")["users"], frame)
     assert list(data.lazy_frames("canonical")) == ["users"]
     assert data.read_json("findings") == [{"field": "email"}]
