@@ -423,7 +423,10 @@ def _read_state(root: Path) -> dict[str, Any]:
 
 
 def _write_state(root: Path, state: dict[str, Any]) -> None:
-    (root / "cluster.json").write_text(json.dumps(state, indent=1))
+    """The deployment's record; it holds the JWT and store secrets, so only its owner reads it."""
+    path = root / "cluster.json"
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(state, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
