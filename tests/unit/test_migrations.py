@@ -185,3 +185,15 @@ def test_migrations_go_down_and_up_again(lms_url: str) -> None:
         command.downgrade(_alembic_config(conn), "0001")
     assert migrate(lms_url) == head_revision()
     _assert_matches_schema(lms_url)
+
+
+def test_actions_keep_room_for_their_status_update_on_postgresql(lms_url: str) -> None:
+    """The commit's status update of every action stays on its page (migration 0007)."""
+    with engine_for(lms_url).connect() as conn:
+        if conn.dialect.name != "postgresql":
+            assert migrate(lms_url) == head_revision()  # SQLite: nothing to set
+            return
+        options = conn.exec_driver_sql(
+            "SELECT reloptions FROM pg_class WHERE relname = 'sis_sync_actions'"
+        ).scalar()
+    assert options == ["fillfactor=50"]
