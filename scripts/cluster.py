@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 CODE_PARTS = ("dags", "include", "plugins")
 BUCKET = "sis-sync"
-S3_KEY, S3_SECRET = "sis-sync-cluster", secrets.token_hex(8)
+S3_KEY = "sis-sync-cluster"
 CONTROL = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
@@ -67,7 +67,7 @@ def start(args: argparse.Namespace) -> dict[str, Any]:
         "workers": [f"worker-{n}" for n in range(1, args.workers + 1)],
         "processes": {},
         "secrets": {"jwt": secrets.token_urlsafe(64), "api": secrets.token_urlsafe(32)},
-        "s3": {"key": S3_KEY, "secret": S3_SECRET},
+        "s3": {"key": S3_KEY, "secret": secrets.token_hex(8)},
     }
     _write_state(root, state)
     try:
@@ -78,9 +78,9 @@ def start(args: argparse.Namespace) -> dict[str, Any]:
         _prepare_airflow(root, state, control, args.settings)
         for component in CONTROL:
             _spawn(root, state, component, ["airflow", component], _env(state, control))
-        for name in state["workers"]:
+        for index, name in enumerate(state["workers"]):
             code = _deploy(root / name, args.portals)
-            env = _env(state, code, worker=name, worker_index=state["workers"].index(name))
+            env = _env(state, code, worker=name, worker_index=index)
             command = ["airflow", "celery", "worker", "--concurrency", str(args.concurrency)]
             command += ["--celery-hostname", f"{name}@%h"]
             _spawn(root, state, name, command, env)
@@ -103,7 +103,7 @@ def _start_postgres(root: Path, state: dict[str, Any]) -> None:
     state["postgres_url"] = url.rsplit("/", 1)[0]
     _write_state(root, state)
     for database in ("airflow", "lms"):
-        _psql(state, f"CREATE DATABASE {database}")
+        _create_database(state, database)
 
 
 def _postgres_env(state: dict[str, Any]) -> dict[str, str]:
@@ -111,12 +111,12 @@ def _postgres_env(state: dict[str, Any]) -> dict[str, str]:
     return {**os.environ, "SIS_SYNC_PG_PORT": str(state["ports"]["postgres"])}
 
 
-def _psql(state: dict[str, Any], sql: str) -> None:
+def _create_database(state: dict[str, Any], name: str) -> None:
     import sqlalchemy as sa
 
     engine = sa.create_engine(f"{state['postgres_url']}/postgres", isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
-        conn.exec_driver_sql(sql)
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
     engine.dispose()
 
 
@@ -150,7 +150,7 @@ def _start_object_store(root: Path, state: dict[str, Any]) -> None:
     boto3.client(
         "s3",
         endpoint_url=url,
-        aws_access_key_id=S3_KEY,
+        aws_access_key_id=state["s3"]["key"],
         aws_secret_access_key=state["s3"]["secret"],
         region_name="us-east-1",
     ).create_bucket(Bucket=BUCKET)
@@ -224,7 +224,7 @@ def _prepare_airflow(
     env.update(
         {
             "SIS_SYNC_CLUSTER_PG_PORT": str(state["ports"]["postgres"]),
-            "SIS_SYNC_CLUSTER_S3_KEY": S3_KEY,
+            "SIS_SYNC_CLUSTER_S3_KEY": state["s3"]["key"],
             "SIS_SYNC_CLUSTER_S3_SECRET": state["s3"]["secret"],
             "SIS_SYNC_CLUSTER_S3_URL": state["s3"]["url"],
         }

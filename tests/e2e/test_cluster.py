@@ -17,7 +17,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +97,6 @@ def sources() -> Iterator[dict[str, Any]]:
 
 
 def _spec(seed: int) -> Any:
-    from dataclasses import replace
-
     return replace(PRESETS["demo"], seed=seed)
 
 

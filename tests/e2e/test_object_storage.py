@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ DAYS = ("2026-09-01", "2026-09-02")
 
 
 @pytest.fixture
-def store(monkeypatch: pytest.MonkeyPatch) -> ObjectStore:
+def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[ObjectStore]:
     with object_store_server() as server:
         client = server.client()
         for bucket in ("runs", "drops"):
