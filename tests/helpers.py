@@ -171,30 +171,60 @@ def run_diff(
     run_schools: list[str] | None = None,
     portal_id: str = "p1",
     school_year: tuple[str, str] | None = None,
+    bucket_rows: int | None = 10_000,
 ) -> Any:
-    """Diff ``frames`` against the LMS as the pipeline does; returns (change set, frames)."""
+    """Diff ``frames`` against the LMS as the pipeline's diff stage does (entity by entity, in
+    key buckets of about ``bucket_rows`` rows: one bucket for a small roster unless asked for
+    a few rows per bucket); with ``bucket_rows=None``, in memory (``diff_snapshot``). Returns
+    (change set, scoped frames)."""
+    import tempfile
+    from pathlib import Path
+
     import pandas as pd
 
-    from include.sis_sync.diff import DiffInput, diff_snapshot
+    from include.sis_sync import buckets, model
+    from include.sis_sync.diff import ACTION_COLUMNS, ChangeSet, DiffInput, diff_snapshot
+    from include.sis_sync.diff_parts import Source, diff_in_parts
     from include.sis_sync.lms.db import engine_for
-    from include.sis_sync.lms.store import read_all_current
+    from include.sis_sync.lms.store import read_all_current, read_current
+    from include.sis_sync.rundata import RunData
     from include.sis_sync.transform import build_scope, restrict
 
     with engine_for(lms_url).connect() as conn:
-        current = read_all_current(conn, portal_id, "oneroster")
+        current = read_current(conn, portal_id, "oneroster", model.ORGANIZATIONS)
     orgs = pd.concat(
         [
             frames["organizations"][["sis_key", "kind", "parent_key"]],
-            current["organizations"][["sis_key", "kind", "parent_key"]],
+            current[["sis_key", "kind", "parent_key"]],
         ]
     ).drop_duplicates("sis_key")
     scope = build_scope(orgs, portal_schools, run_schools)
-    scoped, _ = restrict(frames, scope)
-    change_set = diff_snapshot(
-        scoped,
-        DiffInput(modes=modes or ALL_BULK, current=current, scope=scope, school_year=school_year),
-    )
-    return change_set, scoped
+    diff_in = DiffInput(modes=modes or ALL_BULK, current={}, scope=scope, school_year=school_year)
+    if bucket_rows is None:
+        with engine_for(lms_url).connect() as conn:
+            diff_in.current = read_all_current(conn, portal_id, "oneroster")
+        scoped, _ = restrict(frames, scope)
+        return diff_snapshot(scoped, diff_in), scoped
+    kept = buckets.BUCKET_ROWS
+    buckets.BUCKET_ROWS = bucket_rows
+    try:
+        with tempfile.TemporaryDirectory() as root:
+            data = RunData(portal_id, 1, Path(root))
+            data.write_frames("validated", frames)
+            with (
+                buckets.scratch() as folder,
+                engine_for(lms_url).connect() as conn,
+                data.stage_writer("scoped") as writer,
+            ):
+                outcome = diff_in_parts(
+                    Source(data, conn, portal_id, "oneroster"), diff_in, writer, folder
+                )
+                parts = list(outcome.action_parts())
+            scoped = data.read_frames("scoped")
+    finally:
+        buckets.BUCKET_ROWS = kept
+    actions = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=ACTION_COLUMNS)
+    return ChangeSet(actions, outside_school_year=outcome.outside_school_year), scoped
 
 
 _RUNS = {"n": 0}
@@ -231,7 +261,7 @@ def stage(
         ),
     )
     assert acquire_lock(engine, portal_id, run_id) is None, "the portal is locked"
-    write_change_set(engine, run_id, portal_id, change_set, [])
+    write_change_set(engine, run_id, portal_id, [change_set.actions], [])
     if approve:
         assert move(engine, run_id, APPROVED, allowed_from=(STAGED,), decision="auto_commit")
     return run_id

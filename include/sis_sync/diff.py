@@ -76,10 +76,24 @@ class ChangeSet:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{entity: {action: n}}`` for every action kind, zeros included."""
-        table = self.actions.groupby(["entity", "action"]).size()
-        return {
-            e.name: {a: int(table.get((e.name, a), 0)) for a in ACTIONS} for e in model.ENTITIES
-        }
+        return entity_counts(self.actions)
+
+
+def entity_counts(actions: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """``{entity: {action: n}}`` of an actions frame for every action kind, zeros included."""
+    table = actions.groupby(["entity", "action"]).size()
+    return {e.name: {a: int(table.get((e.name, a), 0)) for a in ACTIONS} for e in model.ENTITIES}
+
+
+def add_counts(
+    total: dict[str, dict[str, int]], more: Mapping[str, Mapping[str, int]]
+) -> dict[str, dict[str, int]]:
+    """``total`` plus ``more``, key by key (counts of change sets staged in parts)."""
+    for label, per_action in more.items():
+        mine = total.setdefault(label, dict.fromkeys(ACTIONS, 0))
+        for action, n in per_action.items():
+            mine[action] = mine.get(action, 0) + n
+    return total
 
 
 def count_label(entity: str, kind: str | None) -> str:
@@ -254,7 +268,7 @@ def diff_entity(entity: model.Entity, snapshot: pd.DataFrame, diff_in: DiffInput
 def _delta_children(
     entity: model.Entity,
     snapshot: pd.DataFrame,
-    parents: pd.DataFrame,
+    listed: pd.Series,
     column: str,
     diff_in: DiffInput,
 ) -> pd.DataFrame:
@@ -263,7 +277,6 @@ def _delta_children(
     current = diff_in.current.get(entity.name)
     if current is None or current.empty:
         return pd.DataFrame(columns=ACTION_COLUMNS)
-    listed = parents.loc[parents["sis_status"] == model.ACTIVE, "sis_key"]
     parent = column.removesuffix("_key")
     gone = (
         current["active"].astype(bool)
@@ -275,78 +288,148 @@ def _delta_children(
 
 
 def _cascade(
-    actions: pd.DataFrame, diff_in: DiffInput, parent: model.Entity, child: model.Entity, via: str
+    child: model.Entity,
+    actions: pd.DataFrame,
+    current: pd.DataFrame | None,
+    archived: pd.Series,
+    parent: str,
+    via: str,
 ) -> pd.DataFrame:
     """Archive the active children (enrollments, memberships) of archived parents."""
-    current = diff_in.current.get(child.name)
-    archived = actions[(actions["entity"] == parent.name) & (actions["action"] == ARCHIVE)]
     if current is None or current.empty or archived.empty:
         return pd.DataFrame(columns=ACTION_COLUMNS)
-    already = actions.loc[
-        (actions["entity"] == child.name) & (actions["action"] == ARCHIVE), "sis_key"
-    ]
+    already = actions.loc[actions["action"] == ARCHIVE, "sis_key"]
     hit = (
         current["active"].astype(bool)
-        & model.key_in(current[via], archived["sis_key"])
+        & model.key_in(current[via], archived)
         & ~model.key_in(current["sis_key"], already)
     )
-    return _frame(child, ARCHIVE, current[hit], f"{parent.name[:-1]} archived")
+    return _frame(child, ARCHIVE, current[hit], f"{parent[:-1]} archived")
 
 
-def diff_snapshot(frames: Mapping[str, pd.DataFrame], diff_in: DiffInput) -> ChangeSet:
-    """Every entity's actions, with cascades and the school-year window applied."""
-    parts: list[pd.DataFrame] = []
-    for entity in model.ENTITIES:
-        if diff_in.modes.get(entity.name, "absent") == "absent" or entity.name not in frames:
-            continue
-        parts.append(diff_entity(entity, frames[entity.name], diff_in))
-        parent = diff_in.complete_per_parent.get(entity.name)
-        if parent and diff_in.modes[entity.name] == "delta" and parent[1] in frames:
-            column, parent_entity = parent
-            parts.append(
-                _delta_children(entity, frames[entity.name], frames[parent_entity], column, diff_in)
-            )
-    actions = _concat(parts)
+@dataclass
+class Carried:
+    """What the diff of earlier entities hands to later ones, so that each entity (or each
+    bucket of one) is diffed on its own: the user and section keys archived so far (their
+    children cascade), the parents a delta lists, terms and the sections outside the school
+    year, and the sections kept out for that reason."""
+
+    archived: dict[str, list[pd.Series]] = field(
+        default_factory=lambda: {"users": [], "sections": []}
+    )
+    listed: dict[str, list[pd.Series]] = field(default_factory=dict)
+    terms: pd.DataFrame | None = None
+    outside: pd.Series | None = None  # section keys entirely outside the school year
+    kept_out: list[pd.Series] = field(default_factory=list)
+
+    def archived_keys(self, parent: str) -> pd.Series:
+        return _keys(self.archived[parent])
+
+    def note(self, entity: model.Entity, snapshot: pd.DataFrame, actions: pd.DataFrame) -> None:
+        """Remember what later entities need from this part's snapshot and actions."""
+        if entity.name in self.archived:
+            self.archived[entity.name].append(actions.loc[actions["action"] == ARCHIVE, "sis_key"])
+        if entity.name in self.listed:
+            live = snapshot.loc[snapshot["sis_status"] == model.ACTIVE, "sis_key"]
+            self.listed[entity.name].append(live)
+        if entity is model.TERMS:
+            self.terms = snapshot if self.terms is None else pd.concat([self.terms, snapshot])
+
+
+def _keys(parts: list[pd.Series]) -> pd.Series:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.Series(dtype="string")
+    return pd.concat(parts, ignore_index=True).astype("string")
+
+
+def carried_for(diff_in: DiffInput) -> Carried:
+    """A fresh hand-over for one diff: it lists the parents whose children a delta
+    completes (a user's memberships, a section event's members)."""
+    carried = Carried()
+    for _, parent in diff_in.complete_per_parent.values():
+        carried.listed[parent] = []
+    return carried
+
+
+def diff_part(
+    entity: model.Entity, snapshot: pd.DataFrame | None, diff_in: DiffInput, carried: Carried
+) -> pd.DataFrame:
+    """The actions of one entity, or of one key bucket of it, with its cascades, parent links
+    and school-year window: ``diff_in.current`` holds the LMS rows of the same keys (and,
+    in a run over some schools, every user's memberships). An entity the feed does not carry
+    (``snapshot`` None or its mode absent) still gets its archived parents' cascades.
+    Updates ``carried``."""
+    mode = diff_in.modes.get(entity.name, "absent")
+    carries = snapshot is not None and mode != "absent"
+    if snapshot is None:
+        snapshot = model.empty_frame(entity)
+    if carries:
+        actions = diff_entity(entity, snapshot, diff_in)
+    else:
+        actions = pd.DataFrame(columns=ACTION_COLUMNS)
+    parent = diff_in.complete_per_parent.get(entity.name)
+    if carries and parent and mode == "delta":
+        column, parent_entity = parent
+        listed = _keys(carried.listed.get(parent_entity, []))
+        actions = _concat([actions, _delta_children(entity, snapshot, listed, column, diff_in)])
+    if entity.name in CASCADES:
+        actions = _cascaded(entity, actions, diff_in.current.get(entity.name), carried)
+    if diff_in.school_year:
+        actions = _apply_school_year(entity, actions, snapshot, diff_in.school_year, carried)
+    carried.note(entity, snapshot, actions)
+    return actions.reset_index(drop=True)
+
+
+def _cascaded(
+    entity: model.Entity, actions: pd.DataFrame, current: pd.DataFrame | None, carried: Carried
+) -> pd.DataFrame:
+    """A child entity's actions plus the archives its archived parents cascade, each archive
+    linked to the parents archived beside it."""
     cascades = [
-        _cascade(actions, diff_in, model.USERS, model.USER_ORGANIZATIONS, "user_key"),
-        _cascade(actions, diff_in, model.USERS, model.ENROLLMENTS, "user_key"),
-        _cascade(actions, diff_in, model.SECTIONS, model.ENROLLMENTS, "section_key"),
+        _cascade(entity, actions, current, carried.archived_keys(parent), parent, via)
+        for via, parent in CASCADES[entity.name]
     ]
     # an enrollment of an archived user in an archived section cascades twice: once is enough
     cascaded = _concat(cascades).drop_duplicates(["entity", "sis_key"])
-    actions = _link_parents(_concat([actions, cascaded]).reset_index(drop=True), diff_in)
-    outside = pd.Series(dtype="string")
-    if diff_in.school_year and model.SECTIONS.name in frames and model.TERMS.name in frames:
-        actions, outside = _apply_school_year(actions, frames, diff_in.school_year)
-    return ChangeSet(actions.reset_index(drop=True), outside_school_year=outside)
+    actions = _concat([actions, cascaded]).reset_index(drop=True)
+    return _link_parents(entity, actions, current, carried)
 
 
-def _link_parents(actions: pd.DataFrame, diff_in: DiffInput) -> pd.DataFrame:
+def diff_snapshot(frames: Mapping[str, pd.DataFrame], diff_in: DiffInput) -> ChangeSet:
+    """Every entity's actions, with cascades and the school-year window applied, from
+    frames held in memory (the diff stage streams the same steps: ``diff_parts``)."""
+    carried = carried_for(diff_in)
+    parts = [diff_part(e, frames.get(e.name), diff_in, carried) for e in model.ENTITIES]
+    actions = _concat(parts).reset_index(drop=True)
+    return ChangeSet(actions, outside_school_year=kept_out(carried))
+
+
+def kept_out(carried: Carried) -> pd.Series:
+    """The sections the school year kept from being added or updated."""
+    return _keys(carried.kept_out).reset_index(drop=True)
+
+
+def _link_parents(
+    entity: model.Entity, actions: pd.DataFrame, current: pd.DataFrame | None, carried: Carried
+) -> pd.DataFrame:
     """Name, on each membership and enrollment archive, the user and section archived in
     the same change set that explain it: cascaded, or absent from a full feed beside them.
     Commit keeps the child when the admin unticks every one of those parents' archives."""
-    archive = actions["action"] == ARCHIVE
-    archived = {
-        parent: actions.loc[archive & (actions["entity"] == parent), "sis_key"]
-        for parent in ("users", "sections")
-    }
-    for child, links in CASCADES.items():
-        current = diff_in.current.get(child)
-        rows = archive & (actions["entity"] == child)
-        if current is None or current.empty or not rows.any():
-            continue
-        columns = [column for column, _ in links]
-        children = actions.loc[rows, ["sis_key"]]
-        # a few thousand archives against millions of LMS rows: pick those rows first
-        mine = current.loc[
-            model.key_in(current["sis_key"], children["sis_key"]), ["sis_key", *columns]
-        ]
-        lms = children.merge(mine, on="sis_key", how="left")
-        for column, parent in links:
-            parent_key = lms[column].where(model.key_in(lms[column], archived[parent]))
-            target = f"parent_{parent[:-1]}_key"
-            actions[target] = actions[target].astype("string")
-            actions.loc[rows, target] = parent_key.astype("string").to_numpy()
+    links = CASCADES[entity.name]
+    rows = actions["action"] == ARCHIVE
+    if current is None or current.empty or not rows.any():
+        return actions
+    columns = [column for column, _ in links]
+    children = actions.loc[rows, ["sis_key"]]
+    # a few thousand archives against millions of LMS rows: pick those rows first
+    mine = current.loc[model.key_in(current["sis_key"], children["sis_key"]), ["sis_key", *columns]]
+    lms = children.merge(mine, on="sis_key", how="left")
+    for column, parent in links:
+        parent_key = lms[column].where(model.key_in(lms[column], carried.archived_keys(parent)))
+        target = f"parent_{parent[:-1]}_key"
+        actions[target] = actions[target].astype("string")
+        actions.loc[rows, target] = parent_key.astype("string").to_numpy()
     return actions
 
 
@@ -358,29 +441,24 @@ def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _apply_school_year(
-    actions: pd.DataFrame, frames: Mapping[str, pd.DataFrame], window: tuple[str, str]
-) -> tuple[pd.DataFrame, pd.Series]:
+    entity: model.Entity,
+    actions: pd.DataFrame,
+    snapshot: pd.DataFrame,
+    window: tuple[str, str],
+    carried: Carried,
+) -> pd.DataFrame:
     """Drop adds, updates and reactivations of sections entirely outside the school year,
     and the enrollment adds into them; archives are left as they are."""
     from include.sis_sync.transform import outside_school_year
 
-    sections = frames[model.SECTIONS.name]
-    outside = sections.loc[
-        outside_school_year(sections, frames[model.TERMS.name], *window), "sis_key"
-    ]
-    if outside.empty:
-        return actions, outside
-    not_archive = actions["action"] != ARCHIVE
-    drop_sections = (actions["entity"] == model.SECTIONS.name) & model.key_in(
-        actions["sis_key"], outside
-    )
-    enrollments = frames.get(model.ENROLLMENTS.name)
-    drop_enrollments = pd.Series(False, index=actions.index)
-    if enrollments is not None:
-        into = enrollments.loc[model.key_in(enrollments["section_key"], outside), "sis_key"]
-        drop_enrollments = (actions["entity"] == model.ENROLLMENTS.name) & model.key_in(
-            actions["sis_key"], into
-        )
-    dropped = not_archive & (drop_sections | drop_enrollments)
-    kept_out = actions.loc[not_archive & drop_sections, "sis_key"].astype("string")
-    return actions[~dropped], kept_out.reset_index(drop=True)
+    if entity is model.SECTIONS and carried.terms is not None:
+        outside = snapshot.loc[outside_school_year(snapshot, carried.terms, *window), "sis_key"]
+        carried.outside = _keys([k for k in (carried.outside, outside) if k is not None])
+        dropped = (actions["action"] != ARCHIVE) & model.key_in(actions["sis_key"], outside)
+        carried.kept_out.append(actions.loc[dropped, "sis_key"].astype("string"))
+        return actions[~dropped]
+    if entity is model.ENROLLMENTS and carried.outside is not None and len(carried.outside):
+        into = snapshot.loc[model.key_in(snapshot["section_key"], carried.outside), "sis_key"]
+        dropped = (actions["action"] != ARCHIVE) & model.key_in(actions["sis_key"], into)
+        return actions[~dropped]
+    return actions

@@ -158,3 +158,13 @@ def active_base(current: Mapping[str, pd.DataFrame], scope: Scope) -> pd.DataFra
 
 def tripped(results: list[GuardResult]) -> list[GuardResult]:
     return [r for r in results if r.tripped]
+
+
+def combine_bases(bases: list[pd.DataFrame]) -> pd.DataFrame:
+    """One guards' base from the bases of parts of the LMS (entities, or key buckets of one)."""
+    bases = [b for b in bases if len(b)]
+    if len(bases) <= 1:
+        return bases[0] if bases else active_base({}, Scope(None, None, None))
+    rows = pd.concat(bases, ignore_index=True)
+    by = ["entity", "kind", "school_key"]
+    return rows.groupby(by, dropna=False)["n"].sum().reset_index()

@@ -12,15 +12,18 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
+import sqlalchemy as sa
 
 from include.sis_sync import guards, model, school_summary
+from include.sis_sync.buckets import scratch
 from include.sis_sync.context import RunContext, log, timed
-from include.sis_sync.diff import DiffInput, diff_snapshot
+from include.sis_sync.diff import DiffInput
+from include.sis_sync.diff_parts import Outcome, Source, diff_in_parts
 from include.sis_sync.extract import InputMissing, extract, read_record, wait_for_input
 from include.sis_sync.links import report_url
 from include.sis_sync.lms import commit as lms_commit
 from include.sis_sync.lms.db import check_schema
-from include.sis_sync.lms.store import active_keys, read_all_current, read_current
+from include.sis_sync.lms.store import active_keys, read_current
 from include.sis_sync.providers.base import Completeness, ExtractRecord, SourceRefused
 from include.sis_sync.rundata import RunData, purge_expired
 from include.sis_sync.runs import (
@@ -46,15 +49,18 @@ from include.sis_sync.runs import (
     update_run,
 )
 from include.sis_sync.staging import purge_personal_values, write_change_set
-from include.sis_sync.transform import Scope, build_scope, derive_user_organizations, restrict
+from include.sis_sync.transform import Scope, build_scope, derive_user_organizations
 from include.sis_sync.validation import (
     Finding,
+    PartChecks,
     SnapshotInvalid,
+    Suites,
     check_oddities,
     check_references,
     check_text,
+    enrollment_targets,
     left_out_keys,
-    run_suites,
+    user_roles,
     warn,
 )
 
@@ -114,55 +120,62 @@ def start(ctx: RunContext) -> dict[str, Any]:
 
 
 def transform(ctx: RunContext, run_id: int) -> dict[str, Any]:
-    """Raw provider tables to the canonical frames, through the portal's provider."""
+    """Raw provider tables to the canonical frames, through the portal's provider. The
+    provider's row-wise tables (a million users, six million enrollments) are mapped part by
+    part, so the task never holds one whole."""
     enter_stage(ctx.engine, run_id, "transform")
     with timed(ctx, run_id, "transform") as summary:
         data = ctx.data(run_id)
         record = read_record(ctx, run_id)
         provider = ctx.portal.source_provider()
-        frames = provider.to_canonical(data.read_frames("raw"), ctx.portal.entities, record)
-        frames, record = _sent_none(frames, record, provider.optional_entities)
+        entities = ctx.portal.entities
+        raw = data.lazy_frames("raw")
+        in_parts = [name for name in raw if name in provider.row_wise_tables]
+        whole = {name: raw[name] for name in raw if name not in in_parts}
+        frames = provider.to_canonical(whole, entities, record)
+        rows = {name: len(frame) for name, frame in frames.items()}
+        with data.stage_writer("canonical") as canonical:
+            for name in in_parts:
+                for part in data.iter_frames("raw", name, TRANSFORM_ROWS):
+                    mapped = provider.to_canonical({name: part}, entities, record)
+                    for entity, frame in mapped.items():
+                        rows[entity] = rows.get(entity, 0) + len(frame)
+                        canonical.write(entity, frame)
+            empty, record = _sent_none(rows, record, provider.optional_entities)
+            for entity, frame in frames.items():
+                if entity not in empty:
+                    canonical.write(entity, frame)
         data.write_json("extract", record.as_json())
-        data.write_frames("canonical", frames)
-        summary["rows"] = {name: len(frame) for name, frame in frames.items()}
+        summary["rows"] = {name: n for name, n in rows.items() if name not in empty}
         if record.sent_none:
             summary["sent_none"] = list(record.sent_none)
     return summary
 
 
+TRANSFORM_ROWS = 500_000  # raw rows mapped at once
+
+
 def _sent_none(
-    frames: dict[str, pd.DataFrame], record: ExtractRecord, optional: frozenset[str]
-) -> tuple[dict[str, pd.DataFrame], ExtractRecord]:
+    rows: Mapping[str, int], record: ExtractRecord, optional: frozenset[str]
+) -> tuple[list[str], ExtractRecord]:
     """Optional kinds a complete read came back without are absent, never "archive them all":
-    the LMS keeps its rows of them and the report says the SIS sent none."""
+    the LMS keeps its rows of them and the report says the SIS sent none. Returns those
+    kinds (their frames are not written) and the record saying so."""
     empty = [
         name
         for name in sorted(optional)
-        if record.modes.get(name) == Completeness.COMPLETE and len(frames.get(name, ())) == 0
+        if record.modes.get(name) == Completeness.COMPLETE and rows.get(name, 0) == 0
     ]
     if not empty:
-        return frames, record
+        return empty, record
     modes = {**record.modes, **dict.fromkeys(empty, Completeness.ABSENT)}
-    kept = {name: frame for name, frame in frames.items() if name not in empty}
     sent_none = tuple(sorted({*record.sent_none, *empty}))
-    return kept, replace(record, modes=modes, sent_none=sent_none)
+    return empty, replace(record, modes=modes, sent_none=sent_none)
 
 
 # --------------------------------------------------------------------------------------------
 # validate_snapshot
 # --------------------------------------------------------------------------------------------
-
-
-def _inputs(
-    ctx: RunContext, run_id: int, stage: str
-) -> tuple[RunData, dict[str, pd.DataFrame], dict[str, str], dict[str, pd.DataFrame]]:
-    """A stage's inputs: the run's data, one stage's frames, the feed modes, the LMS rows."""
-    data = ctx.data(run_id)
-    frames = data.read_frames(stage)
-    modes = read_record(ctx, run_id).modes
-    with ctx.engine.connect() as conn:
-        current = read_all_current(conn, ctx.portal.id, ctx.provider)
-    return data, frames, modes, current
 
 
 def _lms_references(ctx: RunContext, modes: Mapping[str, str]) -> dict[str, pd.DataFrame]:
@@ -178,28 +191,65 @@ def _lms_references(ctx: RunContext, modes: Mapping[str, str]) -> dict[str, pd.D
 
 
 def validate_snapshot(ctx: RunContext, run_id: int) -> dict[str, Any]:
-    """Reference checks (warnings, rows or links dropped) then the fatal GX suites."""
+    """Reference checks (warnings, rows or links dropped) then the fatal GX suites. The
+    enrollments (six million in a large district) are checked part by part, their keys'
+    uniqueness over the whole (``PartChecks``)."""
     enter_stage(ctx.engine, run_id, "validate_snapshot")
     with timed(ctx, run_id, "validate_snapshot") as summary:
         data = ctx.data(run_id)
-        frames = data.read_frames("canonical")
+        canonical = data.lazy_frames("canonical")
+        enrollments = model.ENROLLMENTS.name
+        frames = {name: canonical[name] for name in canonical if name != enrollments}
         modes = read_record(ctx, run_id).modes
         lms = _lms_references(ctx, modes)
         lms_keys = {
             n: k for n, k in active_keys(lms).items() if modes.get(n) != Completeness.COMPLETE
         }
+        targets = enrollment_targets(frames, lms_keys)
         frames, warnings = check_references(frames, lms_keys)
         warnings += check_oddities(frames, lms[model.USERS.name])
         if model.USERS.name in frames:
             frames[model.USER_ORGANIZATIONS.name] = derive_user_organizations(frames["users"])
-        fatal = check_text(frames) + run_suites(frames, modes)
+        fatal = check_text(frames)
+        rows = {n: len(f) for n, f in frames.items()}
+        suites = Suites()
+        try:
+            fatal += [
+                finding
+                for entity in model.ENTITIES
+                if entity.name in frames
+                for finding in suites.check(
+                    entity, frames[entity.name], modes[entity.name] == "bulk"
+                )
+            ]
+            with data.stage_writer("validated") as validated:
+                for name, frame in frames.items():
+                    validated.write(name, frame)
+                if enrollments in canonical:
+                    checks = PartChecks(
+                        model.ENROLLMENTS,
+                        modes[enrollments] == "bulk",
+                        targets,
+                        user_roles(frames["users"]) if "users" in frames else None,
+                        suites,
+                    )
+                    for part in data.iter_frames("canonical", enrollments, VALIDATE_ROWS):
+                        validated.write(enrollments, checks.check(part))
+                    more_warnings, more_fatal = checks.findings()
+                    warnings, fatal = warnings + more_warnings, fatal + more_fatal
+                    rows[enrollments] = checks.rows
+        finally:
+            suites.close()
         data.write_json("findings", [f.as_dict() for f in [*warnings, *fatal]])
         if fatal:
+            data.remove_stage("validated")
             update_run(ctx.engine, run_id, error=str(SnapshotInvalid(fatal)))
             raise SnapshotInvalid(fatal)
-        data.write_frames("validated", frames)
-        summary.update(warnings=len(warnings), rows={n: len(f) for n, f in frames.items()})
+        summary.update(warnings=len(warnings), rows=rows)
     return summary
+
+
+VALIDATE_ROWS = 1_000_000  # enrollments checked at once
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,17 +257,13 @@ def validate_snapshot(ctx: RunContext, run_id: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _scope(
-    ctx: RunContext, frames: Mapping[str, pd.DataFrame], current: Mapping[str, pd.DataFrame]
-) -> Scope:
-    known = pd.concat(
-        [
-            f[["sis_key", "kind", "parent_key"]]
-            for f in (frames.get("organizations"), current.get("organizations"))
-            if f is not None
-        ],
-        ignore_index=True,
-    ).drop_duplicates("sis_key")
+def _scope(ctx: RunContext, data: RunData, conn: sa.Connection) -> Scope:
+    """The run's scope, from the organizations the snapshot and the LMS know."""
+    entity = model.ORGANIZATIONS
+    columns = ["sis_key", "kind", "parent_key"]
+    parts = list(data.iter_frames("validated", entity.name, 1_000_000, columns))
+    current = read_current(conn, ctx.portal.id, ctx.provider, entity)
+    known = pd.concat([*parts, current[columns]], ignore_index=True).drop_duplicates("sis_key")
     return build_scope(known, ctx.portal.schools.synced, ctx.schools)
 
 
@@ -228,29 +274,34 @@ def _synced_roles(ctx: RunContext) -> frozenset[str]:
     )
 
 
-def _sent_none_finding(name: str, current: pd.DataFrame | None) -> Finding:
-    """The report's line for an optional kind the SIS sent none of."""
-    held = 0 if current is None else int(current["active"].sum())
+def _sent_none_finding(name: str, held: int) -> Finding:
+    """The report's line for an optional kind the SIS sent none of (``held``: the LMS's
+    active ones)."""
     kept = f"the LMS keeps its {held} active {name}" if held else f"the LMS holds no {name}"
     return Finding(name, "sent_none", "warning", 0, [], f"the SIS sent no {name}: {kept}")
 
 
 def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
-    """Diff the validated snapshot against the LMS and stage the actions and warnings."""
+    """Diff the validated snapshot against the LMS and stage the actions and warnings.
+
+    Entity by entity, a large one in key buckets (``diff_parts``): the task holds one part
+    of the snapshot and of the LMS at a time."""
     enter_stage(ctx.engine, run_id, "diff")
     with timed(ctx, run_id, "diff") as summary:
-        data, frames, modes, current = _inputs(ctx, run_id, "validated")
+        data = ctx.data(run_id)
         record = read_record(ctx, run_id)
+        modes = record.modes
         findings = [Finding(**f) for f in data.read_json("findings")]
-        scope = _scope(ctx, frames, current)
-        _keep_school_summary(ctx, run_id, frames, modes)
-        frames, outsiders = restrict(frames, scope)
         window = ctx.portal.school_year
-        change_set = diff_snapshot(
-            frames,
-            DiffInput(
+        with (
+            scratch() as folder,
+            ctx.engine.connect() as conn,
+            data.stage_writer("scoped") as scoped,
+        ):
+            scope = _scope(ctx, data, conn)
+            diff_in = DiffInput(
                 modes=modes,
-                current=current,
+                current={},
                 scope=scope,
                 synced_roles=_synced_roles(ctx),
                 left_out=left_out_keys(findings),
@@ -260,50 +311,78 @@ def diff(ctx: RunContext, run_id: int) -> dict[str, Any]:
                     if record.complete_per_parent
                     else {}
                 ),
-            ),
-        )
-        if record.fallback:
-            findings.append(Finding("run", "ran_as_full", "warning", 0, [], record.fallback))
-        findings += [_sent_none_finding(name, current.get(name)) for name in record.sent_none]
-        if len(outsiders):
-            findings.append(
-                warn(
-                    "users",
-                    "home_school_not_synced",
-                    outsiders,
-                    "enrolled in a synced section, but their own school is not synced",
-                )
             )
-        if len(change_set.outside_school_year):
-            findings.append(
-                warn(
-                    "sections",
-                    "outside_school_year",
-                    change_set.outside_school_year,
-                    "terms all fall outside the school year: not added or updated",
-                )
+            source = Source(data, conn, ctx.portal.id, ctx.provider)
+            outcome = diff_in_parts(source, diff_in, scoped, folder)
+            conn.rollback()  # end the read before writing: SQLite would wait on it
+            _keep_school_summary(ctx, run_id, data, modes, outcome)
+            findings += _diff_findings(record, outcome)
+            counts = write_change_set(
+                ctx.engine, run_id, ctx.portal.id, outcome.action_parts(), findings
             )
-        counts = write_change_set(ctx.engine, run_id, ctx.portal.id, change_set, findings)
-        data.write_frames("scoped", frames)
-        data.write_frames("guards", {"active": guards.active_base(current, scope)})
+        data.write_frames("guards", {"active": outcome.guards_base()})
         data.write_json("scope", {"schools": sorted(scope.schools) if scope.schools else None})
         summary.update(
             counts={e: {a: n for a, n in c.items() if n} for e, c in counts.items()},
-            actions=len(change_set.actions),
+            actions=sum(sum(c.values()) for c in counts.values()),
             warnings=len(findings),
         )
     return summary
 
 
+def _diff_findings(record: ExtractRecord, outcome: Outcome) -> list[Finding]:
+    """The warnings the diff adds to validation's: a run that fell back to a full read, kinds
+    the SIS sent none of, users kept for an enrollment, sections outside the school year."""
+    findings = []
+    if record.fallback:
+        findings.append(Finding("run", "ran_as_full", "warning", 0, [], record.fallback))
+    findings += [
+        _sent_none_finding(name, outcome.active_lms.get(name, 0)) for name in record.sent_none
+    ]
+    outsiders = [o for o in outcome.outsiders if len(o)]
+    if outsiders:
+        findings.append(
+            warn(
+                "users",
+                "home_school_not_synced",
+                pd.concat(outsiders, ignore_index=True),
+                "enrolled in a synced section, but their own school is not synced",
+            )
+        )
+    if len(outcome.outside_school_year):
+        findings.append(
+            warn(
+                "sections",
+                "outside_school_year",
+                outcome.outside_school_year,
+                "terms all fall outside the school year: not added or updated",
+            )
+        )
+    return findings
+
+
 def _keep_school_summary(
-    ctx: RunContext, run_id: int, frames: Mapping[str, pd.DataFrame], modes: Mapping[str, str]
+    ctx: RunContext, run_id: int, data: RunData, modes: Mapping[str, str], outcome: Outcome
 ) -> None:
     """A read carrying organizations completely replaces the portal's school summary."""
     orgs = model.ORGANIZATIONS.name
-    if modes.get(orgs) == Completeness.COMPLETE and orgs in frames:
-        summary = school_summary.summarise(frames, ctx.portal.schools.synced)
-        totals = school_summary.totals(frames)
-        school_summary.write(ctx.engine, ctx.portal.id, run_id, summary, totals)
+    validated = data.lazy_frames("validated")
+    if modes.get(orgs) != Completeness.COMPLETE or orgs not in validated:
+        return
+    needs = {
+        orgs: None,
+        model.USERS.name: ["sis_key", "sis_status", "role", "organizations"],
+        model.SECTIONS.name: ["sis_key", "sis_status", "organization_key"],
+    }
+    frames = {
+        name: pd.concat(list(data.iter_frames("validated", name, 1_000_000, columns)))
+        for name, columns in needs.items()
+        if name in validated
+    }
+    synced = ctx.portal.schools.synced
+    summary = school_summary.summarise(frames, synced, outcome.enrollment_counts())
+    totals = school_summary.totals(frames, outcome.enrollments_active)
+    school_summary.write(ctx.engine, ctx.portal.id, run_id, summary, totals)
 
 
 # The stages that turn a read of the SIS into a staged change set, in order: each reads what

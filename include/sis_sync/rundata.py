@@ -17,6 +17,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,19 +62,57 @@ class RunData:
 
     def write_tables(self, stage: str, tables: dict[str, pa.Table]) -> None:
         """Write a stage's tables into a fresh folder: files of an earlier try go first."""
+        with self.stage_writer(stage) as writer:
+            for name, table in tables.items():
+                writer.write(name, table)
+
+    def write_frames(self, stage: str, frames: dict[str, pd.DataFrame]) -> None:
+        self.write_tables(stage, {n: to_table(f) for n, f in frames.items()})
+
+    @contextmanager
+    def stage_writer(self, stage: str) -> Iterator[StageWriter]:
+        """A stage's folder, written afresh table by table, a large table in parts."""
         folder = self.folder / stage
         storage.remove_tree(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        for name, table in tables.items():
-            _write_parquet(table, folder / f"{name}.parquet")
-        # An object store has no empty folders: a stage with no tables (a quick sync that
-        # found no changes) exists through this marker.
-        (folder / STAGE_MARKER).write_text(json.dumps(sorted(tables)))
+        writer = StageWriter(folder)
+        try:
+            yield writer
+        finally:
+            writer.close()
 
-    def write_frames(self, stage: str, frames: dict[str, pd.DataFrame]) -> None:
-        self.write_tables(
-            stage, {n: pa.Table.from_pandas(f, preserve_index=False) for n, f in frames.items()}
-        )
+    def remove_stage(self, stage: str) -> None:
+        """Delete a stage's folder (a stage that failed leaves nothing a later one reads)."""
+        storage.remove_tree(self.folder / stage)
+
+    def row_count(self, stage: str, name: str) -> int:
+        """Rows of one table of a stage, from its Parquet footer (0 when it is not there)."""
+        path = self.folder / stage / f"{name}.parquet"
+        if not path.exists():
+            return 0
+        with _parquet_file(path) as parquet:
+            return int(parquet.metadata.num_rows)
+
+    def iter_frames(
+        self, stage: str, name: str, rows: int, columns: list[str] | None = None
+    ) -> Iterator[pd.DataFrame]:
+        """One table of a stage in frames of about ``rows`` rows (none when it is not there),
+        so a stage never holds the whole of a large one."""
+        path = self.folder / stage / f"{name}.parquet"
+        if not path.exists():
+            return
+        with _parquet_file(path) as parquet:
+            batches = parquet.iter_batches(batch_size=rows, columns=columns)
+            first = next(batches, None)
+            if first is None:  # no rows: one empty frame keeps the table's columns
+                schema = parquet.schema_arrow
+                if columns is not None:
+                    schema = pa.schema([schema.field(c) for c in columns])
+                yield to_frame(schema.empty_table())
+                return
+            yield to_frame(pa.Table.from_batches([first]))
+            for batch in batches:
+                yield to_frame(pa.Table.from_batches([batch]))
 
     def read_frames(self, stage: str) -> dict[str, pd.DataFrame]:
         folder = self.folder / stage
@@ -119,12 +158,57 @@ class LazyFrames(Mapping[str, pd.DataFrame]):
         return sum(1 for _ in self.folder.glob("*.parquet"))
 
 
-def _write_parquet(table: pa.Table, path: Location) -> None:
+class StageWriter:
+    """Writes one stage's tables; a table written in several parts becomes one file. Closing
+    it writes the marker through which an empty stage exists on an object store."""
+
+    def __init__(self, folder: Location) -> None:
+        self.folder = folder
+        self._open: dict[str, tuple[pq.ParquetWriter, Any]] = {}
+        self._names: set[str] = set()
+
+    def write(self, name: str, table: pa.Table | pd.DataFrame) -> None:
+        """Append ``table`` to the stage's table ``name`` (a first part sets its columns)."""
+        if isinstance(table, pd.DataFrame):
+            table = to_table(table)
+        self._names.add(name)
+        if name not in self._open:
+            path = self.folder / f"{name}.parquet"
+            stream = None if isinstance(path, Path) else path.open("wb")
+            writer = pq.ParquetWriter(path if stream is None else stream, table.schema)
+            self._open[name] = (writer, stream)
+        writer = self._open[name][0]
+        writer.write_table(table.select(writer.schema.names).cast(writer.schema))
+
+    def close(self) -> None:
+        for writer, stream in self._open.values():
+            writer.close()
+            if stream is not None:
+                stream.close()
+        self._open.clear()
+        # An object store has no empty folders: a stage with no tables (a quick sync that
+        # found no changes) exists through this marker.
+        (self.folder / STAGE_MARKER).write_text(json.dumps(sorted(self._names)))
+
+
+def to_table(frame: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def to_frame(table: pa.Table, nullable_ints: bool = False) -> pd.DataFrame:
+    """An Arrow table as a frame whose strings are pandas' nullable string dtype (and, with
+    ``nullable_ints``, whose integers are ``Int64``: an id column holding a null stays ids)."""
+    return table.to_pandas(types_mapper=_nullable_types if nullable_ints else _string_types)
+
+
+@contextmanager
+def _parquet_file(path: Location) -> Iterator[pq.ParquetFile]:
     if isinstance(path, Path):
-        pq.write_table(table, path)
+        with pq.ParquetFile(path) as parquet:
+            yield parquet
     else:
-        with path.open("wb") as stream:
-            pq.write_table(table, stream)
+        with path.open("rb") as stream, pq.ParquetFile(stream) as parquet:
+            yield parquet
 
 
 def _read_parquet(path: Location) -> pd.DataFrame:
@@ -133,7 +217,7 @@ def _read_parquet(path: Location) -> pd.DataFrame:
     else:
         with path.open("rb") as stream:
             table = pq.read_table(stream)
-    return table.to_pandas(types_mapper=_string_types)
+    return to_frame(table)
 
 
 def _string_types(arrow_type: pa.DataType) -> Any:
@@ -141,6 +225,12 @@ def _string_types(arrow_type: pa.DataType) -> Any:
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
         return pd.StringDtype()
     return None
+
+
+def _nullable_types(arrow_type: pa.DataType) -> Any:
+    if pa.types.is_integer(arrow_type):
+        return pd.Int64Dtype()
+    return _string_types(arrow_type)
 
 
 def purge_expired(portal_id: str, retention_days: int, root: Location | None = None) -> int:

@@ -24,10 +24,17 @@ from include.sis_sync.runs import now
 ROLE_COUNTS = ("student", "teacher", "administrator")
 
 
-def summarise(frames: Mapping[str, pd.DataFrame], synced: frozenset[str] | None) -> pd.DataFrame:
+def summarise(
+    frames: Mapping[str, pd.DataFrame],
+    synced: frozenset[str] | None,
+    enrollments: pd.Series | None = None,
+) -> pd.DataFrame:
     """One row per organization of the read: its fields, whether the portal syncs it (None:
     every school), and its active users (all, and by the main roles), sections and
-    enrollments in the read."""
+    enrollments in the read (``enrollments``: counted per organization already, when the
+    read's enrollments are too many to hold; see :func:`enrollments_per_org`)."""
+    if enrollments is None:
+        enrollments = _per_org(_enrollment_schools(frames))
     orgs = frames[model.ORGANIZATIONS.name]
     orgs = orgs[orgs["sis_status"] == model.ACTIVE]
     is_school = orgs["kind"] == "school"
@@ -39,7 +46,7 @@ def summarise(frames: Mapping[str, pd.DataFrame], synced: frozenset[str] | None)
             for role in ROLE_COUNTS
         },
         "sections": _per_org(_live(frames.get(model.SECTIONS.name), "organization_key")),
-        "enrollments": _per_org(_enrollment_schools(frames)),
+        "enrollments": enrollments,
     }
     summary = pd.DataFrame(
         {
@@ -90,16 +97,27 @@ def _per_org(keys: pd.Series) -> pd.Series:
     return keys.dropna().value_counts()
 
 
-def totals(frames: Mapping[str, pd.DataFrame]) -> dict[str, int]:
-    """The read's active schools, people by role, sections and enrollments, each counted once
-    (a person in two schools is one person)."""
+def enrollments_per_org(enrollments: pd.DataFrame, sections: pd.DataFrame | None) -> pd.Series:
+    """Active enrollments per organization of a part of the read's enrollments: the parts'
+    counts add up to what :func:`summarise` counts from the whole."""
+    frames = {model.ENROLLMENTS.name: enrollments}
+    if sections is not None:
+        frames[model.SECTIONS.name] = sections
+    return _per_org(_enrollment_schools(frames))
+
+
+def totals(frames: Mapping[str, pd.DataFrame], enrollments: int | None = None) -> dict[str, int]:
+    """The read's active schools, people by role, sections and enrollments (``enrollments``:
+    counted already), each counted once (a person in two schools is one person)."""
     orgs = _live(frames.get(model.ORGANIZATIONS.name), "kind")
     users = _live(frames.get(model.USERS.name), "role")
     found = {
         "schools": int((orgs == "school").sum()),
         **{what: int((users == role).sum()) for what, role in counts.ROLE_OF.items()},
         "sections": len(_live(frames.get(model.SECTIONS.name), "sis_key")),
-        "enrollments": len(_live(frames.get(model.ENROLLMENTS.name), "sis_key")),
+        "enrollments": len(_live(frames.get(model.ENROLLMENTS.name), "sis_key"))
+        if enrollments is None
+        else enrollments,
     }
     return found
 

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from include.sis_sync.diff import ACTIONS, ChangeSet, label_counts
+from include.sis_sync.diff import ACTIONS, add_counts, entity_counts, label_counts
 from include.sis_sync.lms import schema
 from include.sis_sync.lms.bulk import insert_frame
 from include.sis_sync.lms.db import write_transaction
@@ -60,23 +60,33 @@ def _as_date(value: Any) -> date | None:
 
 
 def write_change_set(
-    engine: sa.Engine, run_id: int, portal_id: str, change_set: ChangeSet, findings: list[Finding]
+    engine: sa.Engine,
+    run_id: int,
+    portal_id: str,
+    parts: Iterable[pd.DataFrame],
+    findings: list[Finding],
 ) -> dict[str, dict[str, int]]:
-    """Stage the actions and warnings, replacing any a retried diff staged before; each
-    warning names the action of its record (when the record has one)."""
-    counts = change_set.counts()
+    """Stage the actions (one frame or many parts of a change set) and warnings, replacing
+    any a retried diff staged before, in one transaction; each warning names the action of
+    its record (when the record has one)."""
+    counts: dict[str, dict[str, int]] = {}
+    labels: dict[str, dict[str, int]] = {}
     with write_transaction(engine) as conn:
         conn.execute(sa.delete(schema.actions).where(schema.actions.c.run_id == run_id))
         conn.execute(sa.delete(schema.warnings).where(schema.warnings.c.run_id == run_id))
-        insert_frame(
-            conn,
-            "sis_sync_actions",
-            _without_empty_columns(change_set.actions),
-            {"run_id": run_id, "portal_id": portal_id, "selected": True, "status": "staged"},
-        )
+        for actions in parts:
+            insert_frame(
+                conn,
+                "sis_sync_actions",
+                _without_empty_columns(actions),
+                {"run_id": run_id, "portal_id": portal_id, "selected": True, "status": "staged"},
+            )
+            add_counts(counts, entity_counts(actions))
+            add_counts(labels, label_counts(actions))
+        counts = add_counts(entity_counts(pd.DataFrame(columns=["entity", "action"])), counts)
         insert_frame(conn, "sis_sync_warnings", warnings_frame(findings), {"run_id": run_id})
         link_warnings(conn, run_id)
-        staged = {"staged": label_counts(change_set.actions)}
+        staged = {"staged": labels}
         if not move(
             conn, run_id, STAGED, allowed_from=PREPARING, counts=counts, action_counts=staged
         ):

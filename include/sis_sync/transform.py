@@ -124,19 +124,39 @@ def restrict(
     outsiders = pd.Series([], dtype="string")
     if scope.organizations is None:
         return dict(frames), outsiders
-    out: dict[str, pd.DataFrame] = {}
-    for name, frame in frames.items():
-        entity = model.BY_NAME[name]
-        out[name] = frame[in_scope(frame, entity, scope.organizations)].reset_index(drop=True)
-    users, enrollments = frames.get("users"), out.get("enrollments")
-    if users is not None and enrollments is not None:
-        inside = pd.Index(out["users"]["sis_key"])
-        wanted = pd.Index(enrollments["user_key"]).difference(inside)
-        extra = users[model.key_in(users["sis_key"], wanted)]
-        if len(extra):
-            out["users"] = pd.concat([out["users"], extra], ignore_index=True)
-            outsiders = extra["sis_key"]
-    return out, outsiders
+    out = {
+        name: restrict_frame(model.BY_NAME[name], frame, scope)
+        for name, frame in frames.items()
+        if name != model.USERS.name
+    }
+    if model.USERS.name in frames:
+        enrollments = out.get(model.ENROLLMENTS.name)
+        wanted = None if enrollments is None else enrollments["user_key"]
+        users = frames[model.USERS.name]
+        out[model.USERS.name], outsiders = restrict_users(users, scope, wanted)
+    return {name: out[name] for name in frames}, outsiders
+
+
+def restrict_frame(entity: model.Entity, frame: pd.DataFrame, scope: Scope) -> pd.DataFrame:
+    """The rows of one snapshot frame (or part of one) within the run's scope."""
+    if scope.organizations is None:
+        return frame
+    return frame[in_scope(frame, entity, scope.organizations)].reset_index(drop=True)
+
+
+def restrict_users(
+    users: pd.DataFrame, scope: Scope, wanted: pd.Series | None
+) -> tuple[pd.DataFrame, pd.Series]:
+    """Users within the scope, plus those outside it that an in-scope enrollment names
+    (``wanted``): the latter's keys come back as the second value."""
+    if scope.organizations is None:
+        return users, pd.Series([], dtype="string")
+    inside = in_scope(users, model.USERS, scope.organizations)
+    extra = pd.Series(False, index=users.index)
+    if wanted is not None and len(wanted):
+        extra = ~inside & model.key_in(users["sis_key"], wanted)
+    kept = pd.concat([users[inside], users[extra]], ignore_index=True)
+    return kept, users.loc[extra, "sis_key"].reset_index(drop=True)
 
 
 def outside_school_year(

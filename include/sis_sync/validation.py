@@ -78,13 +78,16 @@ DATE_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _expectations(entity: model.Entity, complete: bool) -> list[Any]:
-    """The named expectations for one canonical frame."""
+def _expectations(entity: model.Entity, complete: bool, whole: bool = True) -> list[Any]:
+    """The named expectations for one canonical frame; for a part of one (``whole`` False),
+    only those each row meets on its own: uniqueness and the row count are checked over the
+    whole frame by :class:`PartChecks`."""
     import great_expectations.expectations as gxe
 
-    suite: list[Any] = [
-        gxe.ExpectColumnValuesToNotBeNull(column="sis_key"),
-        gxe.ExpectColumnValuesToBeUnique(column="sis_key"),
+    suite: list[Any] = [gxe.ExpectColumnValuesToNotBeNull(column="sis_key")]
+    if whole:
+        suite.append(gxe.ExpectColumnValuesToBeUnique(column="sis_key"))
+    suite += [
         gxe.ExpectColumnValuesToBeInSet(
             column="sis_status", value_set=[model.ACTIVE, model.TO_BE_DELETED]
         ),
@@ -94,7 +97,7 @@ def _expectations(entity: model.Entity, complete: bool) -> list[Any]:
         suite.append(gxe.ExpectColumnValuesToBeInSet(column=column, value_set=list(values)))
     for column in DATE_FIELDS.get(entity.name, ()):
         suite.append(gxe.ExpectColumnValuesToMatchRegex(column=column, regex=DATE_PATTERN))
-    if complete:
+    if complete and whole:
         suite.append(gxe.ExpectTableRowCountToBeBetween(min_value=1))
     return suite
 
@@ -120,38 +123,60 @@ def _checked_columns(entity: model.Entity) -> list[str]:
     return list(dict.fromkeys(columns))
 
 
+class Suites:
+    """One GX context for a stage's suites: each frame, or each part of a large one, is
+    checked as a batch of its own."""
+
+    def __init__(self) -> None:
+        self.context = _context()
+        self.source = self.context.data_sources.add_pandas("snapshot")
+        self.batches = 0
+
+    def check(
+        self, entity: model.Entity, frame: pd.DataFrame, complete: bool, whole: bool = True
+    ) -> list[Finding]:
+        """The entity's suite over ``frame``: every failed expectation, a fatal finding."""
+        import great_expectations as gx
+
+        self.batches += 1
+        name = f"{entity.name}_{self.batches}"
+        batch = self.source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+        expectations = _expectations(entity, complete, whole)
+        suite = self.context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+        definition = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{name}_snapshot", data=batch, suite=suite)
+        )
+        result = definition.run(
+            batch_parameters={"dataframe": frame[_checked_columns(entity)]},
+            result_format={
+                "result_format": "COMPLETE",
+                "unexpected_index_column_names": ["sis_key"],
+                "partial_unexpected_count": 0,
+            },
+        )
+        findings = [_finding(entity.name, e) for e in result.describe_dict()["expectations"]]
+        return [f for f in findings if f is not None]
+
+    def close(self) -> None:
+        from great_expectations.data_context.data_context.context_factory import (
+            project_manager,
+        )
+
+        project_manager.set_project(None)  # GX keeps the context, and the frames, otherwise
+
+
 def run_suites(frames: Mapping[str, pd.DataFrame], modes: Mapping[str, str]) -> list[Finding]:
     """Run each frame's suite; every failed expectation becomes a fatal finding."""
-    import great_expectations as gx
-    from great_expectations.data_context.data_context.context_factory import project_manager
-
-    context = _context()
-    source = context.data_sources.add_pandas("snapshot")
-    findings: list[Finding] = []
+    suites = Suites()
     try:
-        for entity in model.ENTITIES:
-            frame = frames.get(entity.name)
-            if frame is None:
-                continue
-            name = entity.name
-            batch = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
-            expectations = _expectations(entity, modes[name] == "bulk")
-            suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
-            definition = context.validation_definitions.add(
-                gx.ValidationDefinition(name=f"{name}_snapshot", data=batch, suite=suite)
-            )
-            result = definition.run(
-                batch_parameters={"dataframe": frame[_checked_columns(entity)]},
-                result_format={
-                    "result_format": "COMPLETE",
-                    "unexpected_index_column_names": ["sis_key"],
-                    "partial_unexpected_count": 0,
-                },
-            )
-            findings += [_finding(name, e) for e in result.describe_dict()["expectations"]]
+        return [
+            finding
+            for entity in model.ENTITIES
+            if entity.name in frames
+            for finding in suites.check(entity, frames[entity.name], modes[entity.name] == "bulk")
+        ]
     finally:
-        project_manager.set_project(None)  # GX keeps the context, and the frames, otherwise
-    return [f for f in findings if f is not None]
+        suites.close()
 
 
 def _finding(entity: str, outcome: dict[str, Any]) -> Finding | None:
@@ -268,26 +293,8 @@ def check_references(
         return _keys(out, lms_keys, name)
 
     if "enrollments" in out:
-        enrollments = out["enrollments"]
-        live = enrollments["sis_status"] == model.ACTIVE
-        for column, target in (("section_key", "sections"), ("user_key", "users")):
-            if target not in out and target not in lms_keys:
-                continue
-            bad = live & ~model.key_in(enrollments[column], known(target))
-            if bad.any():
-                findings.append(
-                    warn(
-                        "enrollments",
-                        f"unknown_{target[:-1]}",
-                        enrollments.loc[bad, "sis_key"],
-                        f"{column} names a {target[:-1]} the feed does not carry; row left out "
-                        "and its LMS row, if any, kept as it is",
-                        left_out=True,
-                    )
-                )
-                enrollments = enrollments[~bad]
-                live = live[~bad]
-        out["enrollments"] = enrollments.reset_index(drop=True)
+        targets = enrollment_targets(out, lms_keys)
+        out["enrollments"], findings = check_enrollment_references(out["enrollments"], targets)
     links = (
         ("sections", "course_key", "courses"),
         ("courses", "organization_key", "organizations"),
@@ -315,6 +322,45 @@ def check_references(
             if finding:
                 findings.append(finding)
     return out, findings
+
+
+def enrollment_targets(
+    frames: Mapping[str, pd.DataFrame], lms_keys: Mapping[str, pd.Index]
+) -> dict[str, pd.Index]:
+    """The keys an enrollment's section and user may name: active in the feed or the LMS
+    (a kind neither carries is not checked)."""
+    return {
+        target: _keys(frames, lms_keys, target)
+        for target in ("sections", "users")
+        if target in frames or target in lms_keys
+    }
+
+
+def check_enrollment_references(
+    enrollments: pd.DataFrame, targets: Mapping[str, pd.Index]
+) -> tuple[pd.DataFrame, list[Finding]]:
+    """Leave out the enrollments (or a part of them) naming a section or user that is not
+    among ``targets``: a warning each, their LMS rows kept as they are."""
+    findings = []
+    live = enrollments["sis_status"] == model.ACTIVE
+    for column, target in (("section_key", "sections"), ("user_key", "users")):
+        if target not in targets:
+            continue
+        bad = live & ~model.key_in(enrollments[column], targets[target])
+        if bad.any():
+            findings.append(
+                warn(
+                    "enrollments",
+                    f"unknown_{target[:-1]}",
+                    enrollments.loc[bad, "sis_key"],
+                    f"{column} names a {target[:-1]} the feed does not carry; row left out "
+                    "and its LMS row, if any, kept as it is",
+                    left_out=True,
+                )
+            )
+            enrollments = enrollments[~bad]
+            live = live[~bad]
+    return enrollments.reset_index(drop=True), findings
 
 
 def _drop_unknown_items(
@@ -366,20 +412,102 @@ def check_oddities(
                 )
             )
     enrollments = frames.get("enrollments")
-    if users is not None and enrollments is not None and len(enrollments):
-        # Duplicate keys are validation's fatal finding; here the first row stands for its key.
-        roles = users.drop_duplicates("sis_key").set_index("sis_key")["role"]
-        user_role = enrollments["user_key"].map(roles)
-        conflict = ((enrollments["role"] == "student") & user_role.isin(TEACHING_ROLES)) | (
-            enrollments["role"].isin(("teacher", "aide")) & (user_role == "student")
-        )
-        if conflict.any():
-            findings.append(
-                warn(
-                    "enrollments",
-                    "role_conflict",
-                    enrollments.loc[conflict, "sis_key"],
-                    "the enrollment's role conflicts with the user's role",
-                )
-            )
+    if users is not None and enrollments is not None:
+        findings += role_conflicts(enrollments, user_roles(users))
     return findings
+
+
+def user_roles(users: pd.DataFrame) -> pd.Series:
+    """Each user's role by key. Duplicate keys are validation's fatal finding; here the
+    first row stands for its key."""
+    return users.drop_duplicates("sis_key").set_index("sis_key")["role"]
+
+
+def role_conflicts(enrollments: pd.DataFrame, roles: pd.Series) -> list[Finding]:
+    """Enrollments (or a part of them) whose role conflicts with their user's."""
+    if not len(enrollments):
+        return []
+    user_role = enrollments["user_key"].map(roles)
+    conflict = ((enrollments["role"] == "student") & user_role.isin(TEACHING_ROLES)) | (
+        enrollments["role"].isin(("teacher", "aide")) & (user_role == "student")
+    )
+    if not conflict.any():
+        return []
+    return [
+        warn(
+            "enrollments",
+            "role_conflict",
+            enrollments.loc[conflict, "sis_key"],
+            "the enrollment's role conflicts with the user's role",
+        )
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# A large frame checked part by part
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PartChecks:
+    """The checks of one large frame (enrollments) run part by part: references, role
+    conflicts, text and the row-wise expectations on each part, and what only the whole can
+    say (unique keys, a complete feed not empty) at the end. Findings of the parts merge
+    into one per check, as the whole frame would have given."""
+
+    entity: model.Entity
+    complete: bool
+    targets: Mapping[str, pd.Index]
+    roles: pd.Series | None
+    suites: Suites
+    warnings: list[Finding] = field(default_factory=list)
+    fatal: list[Finding] = field(default_factory=list)
+    keys: list[pd.Series] = field(default_factory=list)
+    rows: int = 0
+
+    def check(self, part: pd.DataFrame) -> pd.DataFrame:
+        """Check one part; returns it without the rows the reference checks leave out."""
+        part, found = check_enrollment_references(part, self.targets)
+        self.warnings += found
+        if self.roles is not None:
+            self.warnings += role_conflicts(part, self.roles)
+        self.fatal += check_text({self.entity.name: part})
+        self.fatal += self.suites.check(self.entity, part, self.complete, whole=False)
+        self.keys.append(part["sis_key"])
+        self.rows += len(part)
+        return part
+
+    def findings(self) -> tuple[list[Finding], list[Finding]]:
+        """(warnings, fatal findings) of the whole frame."""
+        fatal = [*self.fatal, *self._whole_checks()]
+        return merge_findings(self.warnings), merge_findings(fatal)
+
+    def _whole_checks(self) -> list[Finding]:
+        name = self.entity.name
+        found = []
+        keys = pd.concat(self.keys, ignore_index=True) if self.keys else pd.Series(dtype="string")
+        repeated = keys.notna() & keys.duplicated(keep=False)
+        if repeated.any():
+            shown = list(dict.fromkeys(keys[repeated].astype(str)))[:MAX_KEYS_REPORTED]
+            check = "expect_column_values_to_be_unique(sis_key)"
+            found.append(Finding(name, check, "fatal", int(repeated.sum()), shown))
+        if self.complete and self.rows == 0:
+            check = "expect_table_row_count_to_be_between"
+            found.append(Finding(name, check, "fatal", 0, [], "observed 0 rows"))
+        return found
+
+
+def merge_findings(findings: list[Finding]) -> list[Finding]:
+    """One finding per check from the findings of several parts: counts added, keys joined
+    (a fatal finding keeps the first few, a warning every one)."""
+    merged: dict[tuple[str, str, str, str, bool], Finding] = {}
+    for f in findings:
+        key = (f.entity, f.check, f.severity, f.detail, f.left_out)
+        if key not in merged:
+            merged[key] = Finding(f.entity, f.check, f.severity, 0, [], f.detail, f.left_out)
+        into = merged[key]
+        into.count += f.count
+        into.sis_keys += f.sis_keys
+        if f.severity == "fatal":
+            into.sis_keys = list(dict.fromkeys(into.sis_keys))[:MAX_KEYS_REPORTED]
+    return list(merged.values())

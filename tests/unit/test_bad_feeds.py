@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from include.sis_sync import buckets, pipeline
 from include.sis_sync.providers.oneroster_csv import DropError
 from include.sis_sync.sample.generator import District, generate_district
 from include.sis_sync.validation import SnapshotInvalid
@@ -22,6 +23,15 @@ from tests.feeds import DAY1, DAY2, Feed, Outcome
 from tests.helpers import run_rows
 
 NAME, EMAIL = "Quillonette", "quillonette.zyx@example.org"
+
+
+@pytest.fixture(autouse=True)
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Transform, validation and the diff take a large table in parts; here the demo
+    district's users and enrollments take several, so every bad feed crosses them."""
+    monkeypatch.setattr(pipeline, "TRANSFORM_ROWS", 250)
+    monkeypatch.setattr(pipeline, "VALIDATE_ROWS", 400)
+    monkeypatch.setattr(buckets, "BUCKET_ROWS", 300)
 
 
 @pytest.fixture
@@ -67,6 +77,20 @@ def test_duplicate_user_keys_are_refused_naming_the_key(feed: Feed) -> None:
     assert f"users: expect_column_values_to_be_unique(sis_key): 2 row(s): {_student(district)}" in (
         message
     )
+
+
+def test_an_enrollment_key_repeated_in_another_part_is_refused_naming_it(feed: Feed) -> None:
+    """Validation takes enrollments in parts; a key's uniqueness is checked over all."""
+    district = _district()
+    enrollments = district.enrollments
+    assert len(enrollments) > 3 * pipeline.VALIDATE_ROWS
+    first, last = enrollments.index[0], enrollments.index[-1]
+    key = str(enrollments.loc[first, "sourcedId"])
+    enrollments.loc[last, "sourcedId"] = key
+    feed.write(district)
+    before = feed.lms()
+    message = _refused(feed, before, feed.sync(), SnapshotInvalid)
+    assert f"enrollments: expect_column_values_to_be_unique(sis_key): 2 row(s): {key}" in message
 
 
 @pytest.mark.parametrize(

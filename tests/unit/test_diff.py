@@ -232,3 +232,40 @@ def test_teacher_from_an_unsynced_school_is_kept_for_the_synced_section(lms_url:
     assert actions_of(change_set, "enrollments") == {"c1:s1": "add", "c1:t1": "add"}
     # but not its membership of the unsynced school
     assert actions_of(change_set, "user_organizations") == {"s1:sch-a": "add"}
+
+
+def test_cascades_and_parent_links_reach_across_key_buckets(lms_url: str) -> None:
+    """One row per bucket: an archived user's memberships and enrollments, and an archived
+    section's enrollments, sit in other buckets than their parents and still cascade, each
+    naming the parent that explains it."""
+    frames = district(
+        students={"s1": "sch-a", "s2": "sch-a", "s3": "sch-a"},
+        sections={"c1": "sch-a", "c2": "sch-a"},
+        enrollments=[("c1", "s1"), ("c1", "s2"), ("c2", "s3"), ("c2", "s2")],
+    )
+    sync(lms_url, frames, bucket_rows=1)
+    later = district(students={"s2": "sch-a", "s3": "sch-a"}, sections={"c1": "sch-a"})
+    modes = {**ALL_BULK, "enrollments": "absent"}
+    change_set, _ = run_diff(lms_url, later, modes=modes, bucket_rows=1)
+    assert actions_of(change_set, "users") == {"s1": "archive"}
+    assert actions_of(change_set, "sections") == {"c2": "archive"}
+    enrollments = change_set.actions[change_set.actions["entity"] == "enrollments"]
+    reasons = dict(zip(enrollments["sis_key"], enrollments["reason"], strict=True))
+    assert reasons == {
+        "c1:s1": "user archived",
+        "c2:s3": "section archived",
+        "c2:s2": "section archived",
+    }
+    parents = {
+        key: (user, section)
+        for key, user, section in zip(
+            enrollments["sis_key"],
+            enrollments["parent_user_key"],
+            enrollments["parent_section_key"],
+            strict=True,
+        )
+    }
+    assert parents["c1:s1"][0] == "s1" and pd.isna(parents["c1:s1"][1])
+    assert parents["c2:s3"][1] == "c2" and parents["c2:s2"][1] == "c2"
+    memberships = actions_of(change_set, "user_organizations")
+    assert memberships == {"s1:sch-a": "archive"}

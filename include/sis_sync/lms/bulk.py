@@ -8,7 +8,7 @@ the target with one ``UPDATE ... FROM`` statement.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -122,7 +122,21 @@ def read_frame(
     chunk: int = CHUNK_ROWS,
     text: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """Run a query in the connection's transaction and return its rows as a frame.
+    """Run a query in the connection's transaction and return its rows as one frame (see
+    :func:`read_chunks`)."""
+    parts = list(read_chunks(conn, sql, params, chunk, text))
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def read_chunks(
+    conn: sa.Connection,
+    sql: str,
+    params: Sequence[object] = (),
+    chunk: int = CHUNK_ROWS,
+    text: Sequence[str] = (),
+) -> Iterator[pd.DataFrame]:
+    """Run a query in the connection's transaction and yield its rows as frames of at most
+    ``chunk`` rows (one empty frame when there are none).
 
     Reads through the driver's cursor in chunks of plain tuples: building frames from
     SQLAlchemy rows costs several times more at a million rows. Columns named in ``text``
@@ -140,14 +154,14 @@ def read_frame(
     try:
         cursor.execute(sql, tuple(params))
         columns = [d[0] for d in cursor.description]
-        parts: list[pd.DataFrame] = []
+        any_rows = False
         while rows := cursor.fetchmany(chunk):
+            any_rows = True
             part = pd.DataFrame(rows, columns=columns)
             for column in text:
                 part[column] = part[column].astype("string")
-            parts.append(part)
+            yield part
+        if not any_rows:
+            yield pd.DataFrame({c: pd.Series(dtype="string") for c in columns})
     finally:
         cursor.close()
-    if not parts:
-        return pd.DataFrame({c: pd.Series(dtype="string") for c in columns})
-    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]

@@ -190,6 +190,9 @@ class Provider(ABC):
     - ``checkpoint_max_age_days``: how old a checkpoint may be before a quick read runs in full
       (Clever keeps 30 days of events); None: no limit.
     - ``permanent_errors``: errors a retry cannot fix (bad credentials, bad input).
+    - ``row_wise_tables``: raw tables each of whose rows maps to canonical rows on its own (no
+      other table or row needed): the transform maps them part by part, so a large one is
+      never held whole. ``to_canonical`` is then also called with one part of one of them.
     """
 
     name: ClassVar[str]
@@ -201,6 +204,7 @@ class Provider(ABC):
     supports_since: ClassVar[bool] = False
     checkpoint_max_age_days: ClassVar[int | None] = None
     permanent_errors: ClassVar[tuple[type[Exception], ...]] = ()
+    row_wise_tables: ClassVar[frozenset[str]] = frozenset()
     # "module:Class" of the Airflow hook whose ``client(limit=...)`` opens the API client from
     # the source's ``connection_id`` (its ``page_limit`` the page size); None: no API.
     hook: ClassVar[str | None] = None

@@ -97,6 +97,7 @@ class OneRosterCsvProvider(Provider):
     # Every kind a drop's manifest supplies must hold rows; a kind a drop may lack, the
     # manifest marks absent.
     permanent_errors = (DropError,)
+    row_wise_tables = frozenset({"users", "enrollments"})  # a row of either maps on its own
 
     def describe(self, source: Any) -> str:
         return f"OneRoster CSV drops at {source.path}"
