@@ -54,12 +54,12 @@ from include.sis_sync.validation import (
     Finding,
     PartChecks,
     SnapshotInvalid,
-    Suites,
     check_oddities,
     check_references,
     check_text,
     enrollment_targets,
     left_out_keys,
+    run_suites,
     user_roles,
     warn,
 )
@@ -212,34 +212,22 @@ def validate_snapshot(ctx: RunContext, run_id: int) -> dict[str, Any]:
             frames[model.USER_ORGANIZATIONS.name] = derive_user_organizations(frames["users"])
         fatal = check_text(frames)
         rows = {n: len(f) for n, f in frames.items()}
-        suites = Suites()
-        try:
-            fatal += [
-                finding
-                for entity in model.ENTITIES
-                if entity.name in frames
-                for finding in suites.check(
-                    entity, frames[entity.name], modes[entity.name] == "bulk"
+        fatal += run_suites(frames, modes)
+        with data.stage_writer("validated") as validated:
+            for name, frame in frames.items():
+                validated.write(name, frame)
+            if enrollments in canonical:
+                checks = PartChecks(
+                    model.ENROLLMENTS,
+                    modes[enrollments] == "bulk",
+                    targets,
+                    user_roles(frames["users"]) if "users" in frames else None,
                 )
-            ]
-            with data.stage_writer("validated") as validated:
-                for name, frame in frames.items():
-                    validated.write(name, frame)
-                if enrollments in canonical:
-                    checks = PartChecks(
-                        model.ENROLLMENTS,
-                        modes[enrollments] == "bulk",
-                        targets,
-                        user_roles(frames["users"]) if "users" in frames else None,
-                        suites,
-                    )
-                    for part in data.iter_frames("canonical", enrollments, VALIDATE_ROWS):
-                        validated.write(enrollments, checks.check(part))
-                    more_warnings, more_fatal = checks.findings()
-                    warnings, fatal = warnings + more_warnings, fatal + more_fatal
-                    rows[enrollments] = checks.rows
-        finally:
-            suites.close()
+                for part in data.iter_frames("canonical", enrollments, VALIDATE_ROWS):
+                    validated.write(enrollments, checks.check(part))
+                more_warnings, more_fatal = checks.findings()
+                warnings, fatal = warnings + more_warnings, fatal + more_fatal
+                rows[enrollments] = checks.rows
         data.write_json("findings", [f.as_dict() for f in [*warnings, *fatal]])
         if fatal:
             data.remove_stage("validated")
@@ -249,7 +237,7 @@ def validate_snapshot(ctx: RunContext, run_id: int) -> dict[str, Any]:
     return summary
 
 
-VALIDATE_ROWS = 1_000_000  # enrollments checked at once
+VALIDATE_ROWS = 500_000  # enrollments checked at once
 
 
 # --------------------------------------------------------------------------------------------

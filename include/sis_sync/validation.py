@@ -459,7 +459,6 @@ class PartChecks:
     complete: bool
     targets: Mapping[str, pd.Index]
     roles: pd.Series | None
-    suites: Suites
     warnings: list[Finding] = field(default_factory=list)
     fatal: list[Finding] = field(default_factory=list)
     keys: list[pd.Series] = field(default_factory=list)
@@ -472,7 +471,13 @@ class PartChecks:
         if self.roles is not None:
             self.warnings += role_conflicts(part, self.roles)
         self.fatal += check_text({self.entity.name: part})
-        self.fatal += self.suites.check(self.entity, part, self.complete, whole=False)
+        # A GX context keeps every batch it validated: one context per part, or the parts
+        # pile up (1.7 GB over a large district's enrollments).
+        suites = Suites()
+        try:
+            self.fatal += suites.check(self.entity, part, self.complete, whole=False)
+        finally:
+            suites.close()
         self.keys.append(part["sis_key"])
         self.rows += len(part)
         return part
