@@ -102,17 +102,7 @@ class RunData:
         if not path.exists():
             return
         with _parquet_file(path) as parquet:
-            batches = parquet.iter_batches(batch_size=rows, columns=columns)
-            first = next(batches, None)
-            if first is None:  # no rows: one empty frame keeps the table's columns
-                schema = parquet.schema_arrow
-                if columns is not None:
-                    schema = pa.schema([schema.field(c) for c in columns])
-                yield to_frame(schema.empty_table())
-                return
-            yield to_frame(pa.Table.from_batches([first]))
-            for batch in batches:
-                yield to_frame(pa.Table.from_batches([batch]))
+            yield from _batches(parquet, rows, columns)
 
     def read_frames(self, stage: str) -> dict[str, pd.DataFrame]:
         folder = self.folder / stage
@@ -150,6 +140,14 @@ class LazyFrames(Mapping[str, pd.DataFrame]):
         if not path.exists():
             raise KeyError(name)
         return _read_parquet(path)
+
+    def parts(self, name: str, rows: int) -> Iterator[pd.DataFrame]:
+        """One frame in parts of about ``rows`` rows (at least one part, maybe empty)."""
+        path = self.folder / f"{name}.parquet"
+        if not path.exists():
+            raise KeyError(name)
+        with _parquet_file(path) as parquet:
+            yield from _batches(parquet, rows, None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(p.stem for p in self.folder.glob("*.parquet")))
@@ -199,6 +197,24 @@ def to_frame(table: pa.Table, nullable_ints: bool = False) -> pd.DataFrame:
     """An Arrow table as a frame whose strings are pandas' nullable string dtype (and, with
     ``nullable_ints``, whose integers are ``Int64``: an id column holding a null stays ids)."""
     return table.to_pandas(types_mapper=_nullable_types if nullable_ints else _string_types)
+
+
+def _batches(
+    parquet: pq.ParquetFile, rows: int, columns: list[str] | None
+) -> Iterator[pd.DataFrame]:
+    """A Parquet file's rows in frames of about ``rows`` rows; one empty frame, with the
+    table's columns, when it holds none."""
+    batches = parquet.iter_batches(batch_size=rows, columns=columns)
+    first = next(batches, None)
+    if first is None:
+        schema = parquet.schema_arrow
+        if columns is not None:
+            schema = pa.schema([schema.field(c) for c in columns])
+        yield to_frame(schema.empty_table())
+        return
+    yield to_frame(pa.Table.from_batches([first]))
+    for batch in batches:
+        yield to_frame(pa.Table.from_batches([batch]))
 
 
 @contextmanager

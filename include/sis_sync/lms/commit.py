@@ -36,6 +36,7 @@ from include.sis_sync.lms.bulk import (
 from include.sis_sync.lms.counts import count_lms
 from include.sis_sync.lms.db import write_transaction
 from include.sis_sync.lms.schema import lms_table_name
+from include.sis_sync.rundata import LazyFrames
 from include.sis_sync.runs import (
     COMMITTED,
     RunNotCommittable,
@@ -57,6 +58,7 @@ DEPENDENCIES: dict[str, tuple[tuple[str, str], ...]] = {
 
 SKIPPED_COLUMNS = ["id", "entity", "sis_key", "kind", "why"]
 BULK_LOAD_ROWS = 50_000  # adds from which a commit rebuilds the browse indexes once
+SNAPSHOT_ROWS = 500_000  # snapshot rows read at once to pick those the actions need
 
 
 @dataclass
@@ -145,7 +147,7 @@ def _apply_run(
             ~actions["selected"] & (actions["action"] == ARCHIVE), "sis_key"
         ]
         selected = actions[actions["selected"]]
-        frame = frames.get(entity.name) if len(selected) else None
+        frame = _snapshot_rows(frames, entity, selected)
         skipped = pd.concat(
             [
                 _unmet_dependencies(conn, entity.name, selected, frame, target),
@@ -188,6 +190,23 @@ def _count_statuses(
     for status, part in parts.items():
         for label, per_action in label_counts(part).items():
             counted.setdefault(status, {})[label] = per_action
+
+
+def _snapshot_rows(
+    frames: Mapping[str, pd.DataFrame], entity: model.Entity, selected: pd.DataFrame
+) -> pd.DataFrame | None:
+    """The snapshot rows the selected adds, updates and reactivations need, read part by
+    part: a day-2 commit of a large district holds thousands of rows, not six million.
+    None when the run carries no such action or no frame of the entity."""
+    keys = selected.loc[selected["action"] != ARCHIVE, "sis_key"]
+    if keys.empty or entity.name not in frames:
+        return None
+    if isinstance(frames, LazyFrames):
+        parts = frames.parts(entity.name, SNAPSHOT_ROWS)
+    else:
+        parts = iter([frames[entity.name]])
+    kept = [part[model.key_in(part["sis_key"], keys)] for part in parts]
+    return pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]
 
 
 def _load_actions(conn: sa.Connection, run_id: int, entity: str) -> pd.DataFrame:
