@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from include.sis_sync import buckets, pipeline
+from include.sis_sync.lms import commit as lms_commit
 from include.sis_sync.providers.oneroster_csv import DropError
 from include.sis_sync.sample.generator import District, generate_district
 from include.sis_sync.validation import SnapshotInvalid
@@ -27,9 +28,10 @@ NAME, EMAIL = "Quillonette", "quillonette.zyx@example.org"
 
 @pytest.fixture(autouse=True)
 def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Transform, validation and the diff take a large table in parts; here the demo
-    district's users and enrollments take several, so every bad feed crosses them."""
+    """Transform, validation, the diff and the commit take a large table in parts; here the
+    demo district's users and enrollments take several, so every bad feed crosses them."""
     monkeypatch.setattr(pipeline, "TRANSFORM_ROWS", 250)
+    monkeypatch.setattr(lms_commit, "SNAPSHOT_ROWS", 350)
     monkeypatch.setattr(pipeline, "VALIDATE_ROWS", 400)
     monkeypatch.setattr(buckets, "BUCKET_ROWS", 300)
 
