@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from include.sis_sync import model
 
@@ -478,7 +480,7 @@ class PartChecks:
             self.fatal += suites.check(self.entity, part, self.complete, whole=False)
         finally:
             suites.close()
-        self.keys.append(part["sis_key"])
+        self.keys.append(part["sis_key"].astype("string"))
         self.rows += len(part)
         return part
 
@@ -490,12 +492,19 @@ class PartChecks:
     def _whole_checks(self) -> list[Finding]:
         name = self.entity.name
         found = []
-        keys = pd.concat(self.keys, ignore_index=True) if self.keys else pd.Series(dtype="string")
-        repeated = keys.notna() & keys.duplicated(keep=False)
-        if repeated.any():
-            shown = list(dict.fromkeys(keys[repeated].astype(str)))[:MAX_KEYS_REPORTED]
+        # counted in Arrow: six million keys as Python strings would be gigabytes
+        keys = pa.chunked_array(
+            [pa.array(k, from_pandas=True) for k in self.keys], type=pa.large_string()
+        )
+        counts = pc.value_counts(keys)
+        repeated = counts.filter(
+            pc.and_(pc.is_valid(counts.field("values")), pc.greater(counts.field("counts"), 1))
+        )
+        if len(repeated):
+            shown = repeated.field("values").to_pylist()[:MAX_KEYS_REPORTED]
+            rows = int(pc.sum(repeated.field("counts")).as_py())
             check = "expect_column_values_to_be_unique(sis_key)"
-            found.append(Finding(name, check, "fatal", int(repeated.sum()), shown))
+            found.append(Finding(name, check, "fatal", rows, shown))
         if self.complete and self.rows == 0:
             check = "expect_table_row_count_to_be_between"
             found.append(Finding(name, check, "fatal", 0, [], "observed 0 rows"))
