@@ -87,11 +87,10 @@ class RunData:
 
     def row_count(self, stage: str, name: str) -> int:
         """Rows of one table of a stage, from its Parquet footer (0 when it is not there)."""
-        path = self.folder / stage / f"{name}.parquet"
-        if not path.exists():
+        folder = self.folder / stage
+        if not (folder / f"{name}.parquet").exists():
             return 0
-        with _parquet_file(path) as parquet:
-            return int(parquet.metadata.num_rows)
+        return LazyFrames(folder).rows(name)
 
     def iter_frames(
         self, stage: str, name: str, rows: int, columns: list[str] | None = None
@@ -140,6 +139,14 @@ class LazyFrames(Mapping[str, pd.DataFrame]):
         if not path.exists():
             raise KeyError(name)
         return _read_parquet(path)
+
+    def rows(self, name: str) -> int:
+        """A frame's row count, from its Parquet footer."""
+        path = self.folder / f"{name}.parquet"
+        if not path.exists():
+            raise KeyError(name)
+        with _parquet_file(path) as parquet:
+            return int(parquet.metadata.num_rows)
 
     def parts(self, name: str, rows: int) -> Iterator[pd.DataFrame]:
         """One frame in parts of about ``rows`` rows (at least one part, maybe empty)."""

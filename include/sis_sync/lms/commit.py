@@ -201,11 +201,13 @@ def _snapshot_rows(
     keys = selected.loc[selected["action"] != ARCHIVE, "sis_key"]
     if keys.empty or entity.name not in frames:
         return None
-    if isinstance(frames, LazyFrames):
-        parts = frames.parts(entity.name, SNAPSHOT_ROWS)
-    else:
-        parts = iter([frames[entity.name]])
-    kept = [part[model.key_in(part["sis_key"], keys)] for part in parts]
+    # an initial sync needs (nearly) every row: one read, no copies of picked parts
+    if not isinstance(frames, LazyFrames) or 2 * len(keys) >= frames.rows(entity.name):
+        return frames[entity.name]
+    kept = [
+        part[model.key_in(part["sis_key"], keys)]
+        for part in frames.parts(entity.name, SNAPSHOT_ROWS)
+    ]
     return pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]
 
 
