@@ -209,10 +209,9 @@ def _spill_enrollments(
     school for the summary on the way; with the users the scoped enrollments name (a run
     over some schools keeps those users even when their own school is outside it)."""
     entity = model.ENROLLMENTS
-    sections = None
-    if source.carries(model.SECTIONS):
-        parts = list(source.snapshot(model.SECTIONS, ["sis_key", "organization_key"]))
-        sections = pd.concat(parts, ignore_index=True)
+    sections = source.data.read_columns(
+        source.stage, model.SECTIONS.name, ["sis_key", "organization_key"]
+    )
     buckets = bucket_count(max(source.snapshot_rows(entity), source.lms_rows(entity)))
     spilled = BucketFiles(folder, f"{entity.name}.snapshot", buckets)
     wanted: list[pd.Series] = []

@@ -249,9 +249,9 @@ def _scope(ctx: RunContext, data: RunData, conn: sa.Connection) -> Scope:
     """The run's scope, from the organizations the snapshot and the LMS know."""
     entity = model.ORGANIZATIONS
     columns = ["sis_key", "kind", "parent_key"]
-    parts = list(data.iter_frames("validated", entity.name, 1_000_000, columns))
-    current = read_current(conn, ctx.portal.id, ctx.provider, entity)
-    known = pd.concat([*parts, current[columns]], ignore_index=True).drop_duplicates("sis_key")
+    fed = data.read_columns("validated", entity.name, columns)
+    current = read_current(conn, ctx.portal.id, ctx.provider, entity)[columns]
+    known = pd.concat([fed, current], ignore_index=True).drop_duplicates("sis_key")
     return build_scope(known, ctx.portal.schools.synced, ctx.schools)
 
 
@@ -363,7 +363,7 @@ def _keep_school_summary(
         model.SECTIONS.name: ["sis_key", "sis_status", "organization_key"],
     }
     frames = {
-        name: pd.concat(list(data.iter_frames("validated", name, 1_000_000, columns)))
+        name: data.read_columns("validated", name, columns)
         for name, columns in needs.items()
         if name in validated
     }

@@ -97,11 +97,16 @@ class RunData:
     ) -> Iterator[pd.DataFrame]:
         """One table of a stage in frames of about ``rows`` rows (none when it is not there),
         so a stage never holds the whole of a large one."""
+        frames = LazyFrames(self.folder / stage)
+        if name in frames:
+            yield from frames.parts(name, rows, columns)
+
+    def read_columns(self, stage: str, name: str, columns: list[str] | None) -> pd.DataFrame | None:
+        """Some columns (None: all) of one whole table of a stage; None when it is not there."""
         path = self.folder / stage / f"{name}.parquet"
         if not path.exists():
-            return
-        with _parquet_file(path) as parquet:
-            yield from _batches(parquet, rows, columns)
+            return None
+        return _read_parquet(path, columns)
 
     def read_frames(self, stage: str) -> dict[str, pd.DataFrame]:
         folder = self.folder / stage
@@ -148,13 +153,19 @@ class LazyFrames(Mapping[str, pd.DataFrame]):
         with _parquet_file(path) as parquet:
             return int(parquet.metadata.num_rows)
 
-    def parts(self, name: str, rows: int) -> Iterator[pd.DataFrame]:
-        """One frame in parts of about ``rows`` rows (at least one part, maybe empty)."""
+    def parts(
+        self, name: str, rows: int, columns: list[str] | None = None
+    ) -> Iterator[pd.DataFrame]:
+        """One frame (or some of its columns) in parts of about ``rows`` rows: at least one
+        part, maybe empty."""
         path = self.folder / f"{name}.parquet"
         if not path.exists():
             raise KeyError(name)
         with _parquet_file(path) as parquet:
-            yield from _batches(parquet, rows, None)
+            yield from _batches(parquet, rows, columns)
+
+    def __contains__(self, name: object) -> bool:
+        return (self.folder / f"{name}.parquet").exists()
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(p.stem for p in self.folder.glob("*.parquet")))
@@ -234,12 +245,12 @@ def _parquet_file(path: Location) -> Iterator[pq.ParquetFile]:
             yield parquet
 
 
-def _read_parquet(path: Location) -> pd.DataFrame:
+def _read_parquet(path: Location, columns: list[str] | None = None) -> pd.DataFrame:
     if isinstance(path, Path):
-        table = pq.read_table(path)
+        table = pq.read_table(path, columns=columns)
     else:
         with path.open("rb") as stream:
-            table = pq.read_table(stream)
+            table = pq.read_table(stream, columns=columns)
     return to_frame(table)
 
 

@@ -69,7 +69,7 @@ def write_change_set(
     """Stage the actions (one frame or many parts of a change set) and warnings, replacing
     any a retried diff staged before, in one transaction; each warning names the action of
     its record (when the record has one)."""
-    counts: dict[str, dict[str, int]] = {}
+    counts = entity_counts(pd.DataFrame(columns=["entity", "action"]))  # every kind, zeros
     labels: dict[str, dict[str, int]] = {}
     with write_transaction(engine) as conn:
         conn.execute(sa.delete(schema.actions).where(schema.actions.c.run_id == run_id))
@@ -83,7 +83,6 @@ def write_change_set(
             )
             add_counts(counts, entity_counts(actions))
             add_counts(labels, label_counts(actions))
-        counts = add_counts(entity_counts(pd.DataFrame(columns=["entity", "action"])), counts)
         insert_frame(conn, "sis_sync_warnings", warnings_frame(findings), {"run_id": run_id})
         link_warnings(conn, run_id)
         staged = {"staged": labels}
