@@ -277,18 +277,38 @@ def approve(lms_url: str, run_id: int, by: str = "admin") -> None:
     assert record_answer(engine, run_id, True, by) == "approved"
 
 
-def commit(lms_url: str, run_id: int, frames: dict[str, Any], *, portal_id: str = "p1") -> Any:
-    """Commit the run as the pipeline does, then release the portal's lock (as ``finish``)."""
-    from include.sis_sync.lms.commit import CommitTarget, commit_run
+def commit(
+    lms_url: str,
+    run_id: int,
+    frames: dict[str, Any],
+    *,
+    portal_id: str = "p1",
+    snapshot_rows: int = 2,
+) -> Any:
+    """Commit the run as the pipeline does, its snapshot read from the run's Parquet files in
+    parts of ``snapshot_rows`` rows (an entity of more rows is applied part by part), then
+    release the portal's lock (as ``finish``)."""
+    import tempfile
+    from pathlib import Path
+
+    from include.sis_sync.lms import commit as lms_commit
     from include.sis_sync.lms.db import engine_for
+    from include.sis_sync.rundata import RunData
     from include.sis_sync.runs import release_lock
 
     engine = engine_for(lms_url)
+    kept = lms_commit.SNAPSHOT_ROWS
+    lms_commit.SNAPSHOT_ROWS = snapshot_rows
     try:
-        return commit_run(
-            engine, run_id, frames, CommitTarget(portal_id, "oneroster"), checkpoint="x"
-        )
+        with tempfile.TemporaryDirectory() as root:
+            data = RunData(portal_id, run_id, Path(root))
+            data.write_frames("scoped", frames)
+            target = lms_commit.CommitTarget(portal_id, "oneroster")
+            return lms_commit.commit_run(
+                engine, run_id, data.lazy_frames("scoped"), target, checkpoint="x"
+            )
     finally:
+        lms_commit.SNAPSHOT_ROWS = kept
         release_lock(engine, portal_id, run_id)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -170,7 +171,8 @@ def join_sorted(values: pd.Series) -> pd.Series:
     return text.mask(text == "")
 
 
-def _arrow_strings(values: object) -> pa.Array | pa.ChunkedArray:
+def arrow_keys(values: object) -> pa.Array | pa.ChunkedArray:
+    """Keys as Arrow large strings: convert once what many look-ups probe."""
     if isinstance(values, (pd.Series, pd.Index)):
         converted = pa.array(pd.Series(values).astype("string"), from_pandas=True)
     else:
@@ -184,10 +186,22 @@ def key_in(values: pd.Series, keys: object) -> pd.Series:
     pandas' ``isin`` on Arrow strings first turns every key into a Python object (seconds for
     a million keys); this stays in Arrow. Nulls are never in the set.
     """
-    value_set = _arrow_strings(keys)
+    value_set = arrow_keys(keys)
     if isinstance(value_set, pa.ChunkedArray):
         value_set = value_set.combine_chunks()
-    hits = pc.is_in(_arrow_strings(values), value_set=value_set, skip_nulls=True)
+    hits = pc.is_in(arrow_keys(values), value_set=value_set, skip_nulls=True)
     return pd.Series(
         hits.fill_null(False).to_numpy(zero_copy_only=False), index=values.index, dtype=bool
     )
+
+
+def key_positions(values: pd.Series, keys: pa.Array) -> np.ndarray:
+    """Where each of ``values`` is in ``keys`` (both unique; ``keys`` from ``arrow_keys``),
+    -1 where it is not. ``values`` are hashed, ``keys`` probed once: cheap when a few
+    thousand values are looked for among millions of keys."""
+    found = pc.index_in(keys, value_set=arrow_keys(values), skip_nulls=True)
+    found = found.fill_null(-1).to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(found >= 0)
+    positions = np.full(len(values), -1, dtype=np.int64)
+    positions[found[rows]] = rows
+    return positions

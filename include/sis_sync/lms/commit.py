@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import sqlalchemy as sa
 
 from include.sis_sync import model
@@ -58,7 +60,8 @@ DEPENDENCIES: dict[str, tuple[tuple[str, str], ...]] = {
 
 SKIPPED_COLUMNS = ["id", "entity", "sis_key", "kind", "why"]
 BULK_LOAD_ROWS = 50_000  # adds from which a commit rebuilds the browse indexes once
-SNAPSHOT_ROWS = 500_000  # snapshot rows read at once to pick those the actions need
+SNAPSHOT_ROWS = 500_000  # snapshot rows read at once: a larger entity is applied in parts
+ACTIONS = (ADD, UPDATE, REACTIVATE, ARCHIVE)
 
 
 @dataclass
@@ -147,19 +150,11 @@ def _apply_run(
             ~actions["selected"] & (actions["action"] == ARCHIVE), "sis_key"
         ]
         selected = actions[actions["selected"]]
-        frame = _snapshot_rows(frames, entity, selected)
-        skipped = pd.concat(
-            [
-                _unmet_dependencies(conn, entity.name, selected, frame, target),
-                _kept_by_unticked_parents(selected, unticked),
-            ],
-            ignore_index=True,
-        )
-        todo = selected[~selected["id"].isin(skipped["id"])]
-        _count_statuses(counted, actions, todo, skipped)
-        result.applied[entity.name] = _apply_entity(
-            conn, entity, todo, frame, target, run_id, stamp
-        )
+        kept = _kept_by_unticked_parents(selected, unticked)
+        applied, unmet = _commit_entity(conn, entity, selected, kept, frames, target, run_id, stamp)
+        skipped = pd.concat([kept, unmet], ignore_index=True)
+        _count_statuses(counted, actions, selected[~selected["id"].isin(skipped["id"])], skipped)
+        result.applied[entity.name] = applied
         skipped_parts.append(skipped)
     skipped = pd.concat(skipped_parts, ignore_index=True)
     _record_statuses(conn, run_id, skipped)
@@ -173,6 +168,35 @@ def _apply_run(
         action_counts={**json.loads(run["action_counts"] or "{}"), **counted},
     )
     return result
+
+
+def _commit_entity(
+    conn: sa.Connection,
+    entity: model.Entity,
+    selected: pd.DataFrame,
+    kept: pd.DataFrame,
+    frames: Mapping[str, pd.DataFrame],
+    target: CommitTarget,
+    run_id: int,
+    stamp: datetime,
+) -> tuple[dict[str, int], pd.DataFrame]:
+    """Apply one entity's selected actions but those ``kept`` (their parents' archive was
+    unticked), part by part; returns the counts applied and the actions skipped because a
+    record they reference is not active."""
+    parents = _active_parents(conn, entity.name, selected, target)
+    applied = dict.fromkeys(ACTIONS, 0)
+    unmet_parts = [pd.DataFrame(columns=SKIPPED_COLUMNS)]
+    adding = int((selected["action"] == ADD).sum())
+    with _browse_indexes_built_after(conn, entity, adding):
+        for part, frame in _with_snapshot_rows(frames, entity, selected):
+            unmet = _unmet_dependencies(entity.name, part, frame, parents)
+            unmet_parts.append(unmet)
+            todo = part[~part["id"].isin(kept["id"]) & ~part["id"].isin(unmet["id"])]
+            for action, count in _apply_entity(
+                conn, entity, todo, frame, target, run_id, stamp
+            ).items():
+                applied[action] += count
+    return applied, pd.concat(unmet_parts, ignore_index=True)
 
 
 def _count_statuses(
@@ -192,23 +216,51 @@ def _count_statuses(
             counted.setdefault(status, {})[label] = per_action
 
 
-def _snapshot_rows(
+def _with_snapshot_rows(
     frames: Mapping[str, pd.DataFrame], entity: model.Entity, selected: pd.DataFrame
-) -> pd.DataFrame | None:
-    """The snapshot rows the selected adds, updates and reactivations need, read part by
-    part: a day-2 commit of a large district holds thousands of rows, not six million.
-    None when the run carries no such action or no frame of the entity."""
-    keys = selected.loc[selected["action"] != ARCHIVE, "sis_key"]
-    if keys.empty or entity.name not in frames:
-        return None
-    # an initial sync needs (nearly) every row: one read, no copies of picked parts
-    if not isinstance(frames, LazyFrames) or 2 * len(keys) >= frames.rows(entity.name):
-        return frames[entity.name]
-    kept = [
-        part[model.key_in(part["sis_key"], keys)]
-        for part in frames.parts(entity.name, SNAPSHOT_ROWS)
-    ]
-    return pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame | None]]:
+    """The selected actions in parts, each with the snapshot rows it may need.
+
+    A large entity's snapshot (6.25 million enrollments) is read part by part, and each part
+    comes with the actions on its keys: the commit never holds the whole frame. Archives need
+    no row and come first, with None; so does everything when the run has no frame of the
+    entity.
+    """
+    needs_row = (selected["action"] != ARCHIVE).to_numpy()
+    if not needs_row.any() or entity.name not in frames:
+        yield selected, None
+        return
+    if not isinstance(frames, LazyFrames) or frames.rows(entity.name) <= SNAPSHOT_ROWS:
+        yield selected, frames[entity.name]
+        return
+    if not needs_row.all():
+        yield selected[~needs_row], None
+    rest = selected[needs_row]
+    ends, rows = _snapshot_rows_of(frames, entity.name, rest["sis_key"])
+    if (rows < 0).any():  # the diff adds and updates only keys of the snapshot
+        missing = rest.loc[rows < 0, "sis_key"]
+        raise RuntimeError(
+            f"{len(missing)} {entity.name} actions name keys the run's snapshot does not "
+            f"hold, first {missing.iloc[0]}: nothing was applied"
+        )
+    part_of = np.searchsorted(ends, rows, side="right")
+    order = np.argsort(part_of, kind="stable")
+    bounds = np.searchsorted(part_of[order], np.arange(len(ends) + 1))
+    for number, part in enumerate(frames.parts(entity.name, SNAPSHOT_ROWS)):
+        positions = order[bounds[number] : bounds[number + 1]]
+        if len(positions):
+            yield rest.iloc[positions], part
+
+
+def _snapshot_rows_of(
+    frames: LazyFrames, entity: str, keys: pd.Series
+) -> tuple[np.ndarray, np.ndarray]:
+    """The row of the entity's snapshot each key is on (-1: none), and where each part of
+    ``SNAPSHOT_ROWS`` ends: the parts are read again with the same boundaries."""
+    parts = [p["sis_key"] for p in frames.parts(entity, SNAPSHOT_ROWS, ["sis_key"])]
+    ends = np.cumsum([len(p) for p in parts])
+    snapshot = pa.chunked_array([model.arrow_keys(p) for p in parts]).combine_chunks()
+    return ends, model.key_positions(keys, snapshot)
 
 
 def _load_actions(conn: sa.Connection, run_id: int, entity: str) -> pd.DataFrame:
@@ -241,12 +293,23 @@ def _active_keys(conn: sa.Connection, entity: str, target: CommitTarget) -> pd.S
     return frame["sis_key"].astype("string")
 
 
+def _active_parents(
+    conn: sa.Connection, entity: str, selected: pd.DataFrame, target: CommitTarget
+) -> dict[str, pd.Series]:
+    """The active keys of each entity this one references, as this commit leaves them (its
+    parents are applied first); read once per entity, not once per part."""
+    if not selected["action"].isin([ADD, REACTIVATE, UPDATE]).any():
+        return {}
+    return {
+        parent: _active_keys(conn, parent, target) for _, parent in DEPENDENCIES.get(entity, ())
+    }
+
+
 def _unmet_dependencies(
-    conn: sa.Connection,
     entity: str,
     selected: pd.DataFrame,
     frame: pd.DataFrame | None,
-    target: CommitTarget,
+    parents: Mapping[str, pd.Series],
 ) -> pd.DataFrame:
     """Selected actions whose referenced record is not active once its parents are applied
     (an enrollment into a section whose add was unticked)."""
@@ -259,9 +322,7 @@ def _unmet_dependencies(
     missing = pd.Series(False, index=rows.index)
     reasons = pd.Series("", index=rows.index, dtype="string")
     for column, parent in references:
-        gone = rows[column].notna() & ~model.key_in(
-            rows[column], _active_keys(conn, parent, target)
-        )
+        gone = rows[column].notna() & ~model.key_in(rows[column], parents[parent])
         reasons = reasons.mask(gone & ~missing, f"its {parent[:-1]} " + rows[column].fillna(""))
         missing |= gone
     skipped = rows.loc[missing, ["id", "entity", "sis_key"]].copy()
@@ -303,7 +364,7 @@ def _apply_entity(
     run_id: int,
     stamp: datetime,
 ) -> dict[str, int]:
-    counts = {a: int((todo["action"] == a).sum()) for a in (ADD, UPDATE, REACTIVATE, ARCHIVE)}
+    counts = {a: int((todo["action"] == a).sum()) for a in ACTIONS}
     if todo.empty:
         return counts
     table = lms_table_name(entity.name)
@@ -316,20 +377,18 @@ def _apply_entity(
             rows = rows.assign(
                 slug=organization_slugs(rows, _taken_slugs(conn, target), target.slugs)
             )
-        rows = _with_search_text(entity, rows)
-        with _browse_indexes_built_after(conn, entity, len(rows)):
-            insert_frame(
-                conn,
-                table,
-                rows,
-                {
-                    "portal_id": target.portal_id,
-                    "sis_provider": target.provider,
-                    "created_at": stamp,
-                    "updated_at": stamp,
-                    "last_sync_run_id": run_id,
-                },
-            )
+        insert_frame(
+            conn,
+            table,
+            _with_search_text(entity, rows),
+            {
+                "portal_id": target.portal_id,
+                "sis_provider": target.provider,
+                "created_at": stamp,
+                "updated_at": stamp,
+                "last_sync_run_id": run_id,
+            },
+        )
     changes = todo[todo["action"].isin([UPDATE, REACTIVATE])]
     if len(changes):
         rows = changes[["lms_id", "sis_key"]].merge(
