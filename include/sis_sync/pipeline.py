@@ -213,6 +213,7 @@ def validate_snapshot(ctx: RunContext, run_id: int) -> dict[str, Any]:
         fatal = check_text(frames)
         rows = {n: len(f) for n, f in frames.items()}
         fatal += run_suites(frames, modes)
+        checks = None
         with data.stage_writer("validated") as validated:
             for name, frame in frames.items():
                 validated.write(name, frame)
@@ -225,9 +226,15 @@ def validate_snapshot(ctx: RunContext, run_id: int) -> dict[str, Any]:
                 )
                 for part in data.iter_frames("canonical", enrollments, VALIDATE_ROWS):
                     validated.write(enrollments, checks.check(part))
-                more_warnings, more_fatal = checks.findings()
-                warnings, fatal = warnings + more_warnings, fatal + more_fatal
-                rows[enrollments] = checks.rows
+        if checks is not None:  # the keys written are read again if some hashes repeat
+            more_warnings, more_fatal = checks.findings(
+                lambda: (
+                    p["sis_key"]
+                    for p in data.iter_frames("validated", enrollments, VALIDATE_ROWS, ["sis_key"])
+                )
+            )
+            warnings, fatal = warnings + more_warnings, fatal + more_fatal
+            rows[enrollments] = checks.rows
         data.write_json("findings", [f.as_dict() for f in [*warnings, *fatal]])
         if fatal:
             data.remove_stage("validated")

@@ -9,12 +9,14 @@ Reference checks are anti-joins in pandas, not million-value sets inside an expe
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -455,7 +457,12 @@ class PartChecks:
     """The checks of one large frame (enrollments) run part by part: references, role
     conflicts, text and the row-wise expectations on each part, and what only the whole can
     say (unique keys, a complete feed not empty) at the end. Findings of the parts merge
-    into one per check, as the whole frame would have given."""
+    into one per check, as the whole frame would have given.
+
+    Uniqueness keeps a 64-bit hash per key, not the keys (six million keys, hashed by Arrow,
+    took 700 MB more): equal keys hash alike, so unique hashes prove unique keys; when some
+    hashes repeat, the keys written are read again (``keys_again``) and only those are
+    counted exactly."""
 
     entity: model.Entity
     complete: bool
@@ -463,7 +470,7 @@ class PartChecks:
     roles: pd.Series | None
     warnings: list[Finding] = field(default_factory=list)
     fatal: list[Finding] = field(default_factory=list)
-    keys: list[pd.Series] = field(default_factory=list)
+    hashes: list[np.ndarray] = field(default_factory=list)
     rows: int = 0
 
     def check(self, part: pd.DataFrame) -> pd.DataFrame:
@@ -473,33 +480,30 @@ class PartChecks:
         if self.roles is not None:
             self.warnings += role_conflicts(part, self.roles)
         self.fatal += check_text({self.entity.name: part})
-        # A GX context keeps every batch it validated: one context per part, or the parts
-        # pile up (1.7 GB over a large district's enrollments).
+        # A GX context keeps every batch it validated, and its objects refer to each other:
+        # one context per part, collected after it, or the parts pile up.
         suites = Suites()
         try:
             self.fatal += suites.check(self.entity, part, self.complete, whole=False)
         finally:
             suites.close()
-        self.keys.append(part["sis_key"].astype("string"))
+            gc.collect()
+        self.hashes.append(_key_hashes(part["sis_key"]))
         self.rows += len(part)
         return part
 
-    def findings(self) -> tuple[list[Finding], list[Finding]]:
-        """(warnings, fatal findings) of the whole frame."""
-        fatal = [*self.fatal, *self._whole_checks()]
+    def findings(
+        self, keys_again: Callable[[], Iterable[pd.Series]]
+    ) -> tuple[list[Finding], list[Finding]]:
+        """(warnings, fatal findings) of the whole frame; ``keys_again`` reads the checked
+        parts' keys again, when some hashes repeat."""
+        fatal = [*self.fatal, *self._whole_checks(keys_again)]
         return merge_findings(self.warnings), merge_findings(fatal)
 
-    def _whole_checks(self) -> list[Finding]:
+    def _whole_checks(self, keys_again: Callable[[], Iterable[pd.Series]]) -> list[Finding]:
         name = self.entity.name
         found = []
-        # counted in Arrow: six million keys as Python strings would be gigabytes
-        keys = pa.chunked_array(
-            [pa.array(k, from_pandas=True) for k in self.keys], type=pa.large_string()
-        )
-        counts = pc.value_counts(keys)
-        repeated = counts.filter(
-            pc.and_(pc.is_valid(counts.field("values")), pc.greater(counts.field("counts"), 1))
-        )
+        repeated = _repeated_keys(self.hashes, keys_again)
         if len(repeated):
             shown = repeated.field("values").to_pylist()[:MAX_KEYS_REPORTED]
             rows = int(pc.sum(repeated.field("counts")).as_py())
@@ -509,6 +513,28 @@ class PartChecks:
             check = "expect_table_row_count_to_be_between"
             found.append(Finding(name, check, "fatal", 0, [], "observed 0 rows"))
         return found
+
+
+def _key_hashes(keys: pd.Series) -> np.ndarray:
+    return pd.util.hash_pandas_object(keys.astype("string"), index=False).to_numpy()
+
+
+def _repeated_keys(
+    hashes: list[np.ndarray], keys_again: Callable[[], Iterable[pd.Series]]
+) -> pa.StructArray:
+    """Each key found more than once, with its count (Arrow ``value_counts``): only keys
+    whose hash repeats are read again and counted."""
+    every = np.sort(np.concatenate(hashes)) if hashes else np.array([], dtype=np.uint64)
+    suspects = np.unique(every[1:][every[1:] == every[:-1]])
+    if not len(suspects):
+        return pa.array([], pa.struct([("values", pa.large_string()), ("counts", pa.int64())]))
+    candidates = [
+        model.arrow_keys(keys[np.isin(_key_hashes(keys), suspects)]) for keys in keys_again()
+    ]
+    counts = pc.value_counts(pa.chunked_array(candidates, type=pa.large_string()))
+    return counts.filter(
+        pc.and_(pc.is_valid(counts.field("values")), pc.greater(counts.field("counts"), 1))
+    )
 
 
 def merge_findings(findings: list[Finding]) -> list[Finding]:

@@ -110,3 +110,27 @@ def test_oddities_warn_without_dropping() -> None:
     frames["enrollments"] = enrollments
     found = {f.check: f.sis_keys for f in check_oddities(frames)}
     assert found == {"email_already_used": ["s1", "s2"], "role_conflict": ["c1:s1"]}
+
+
+def test_uniqueness_over_parts_counts_only_keys_whose_hash_repeats() -> None:
+    """Keys are remembered as hashes: a repeated hash sends the test back to the keys, and
+    only equal keys (not merely equal hashes) are reported."""
+    import numpy as np
+
+    from include.sis_sync.validation import _key_hashes, _repeated_keys
+
+    parts = [pd.Series(["e1", "e2"], dtype="string"), pd.Series(["e3", "e1"], dtype="string")]
+    hashes = [_key_hashes(p) for p in parts]
+    repeated = _repeated_keys(hashes, lambda: iter(parts))
+    assert repeated.field("values").to_pylist() == ["e1"]
+    assert repeated.field("counts").to_pylist() == [2]
+
+    def never_read() -> list[pd.Series]:
+        raise AssertionError("unique hashes need no second read")
+
+    distinct = [pd.Series(["e1", "e2"], dtype="string"), pd.Series(["e3"], dtype="string")]
+    assert len(_repeated_keys([_key_hashes(p) for p in distinct], never_read)) == 0
+    # e3 given e1's hash (a collision): the keys are read again and nothing is reported
+    first = _key_hashes(distinct[0])
+    collided = [first, np.array([first[0]], dtype=np.uint64)]
+    assert len(_repeated_keys(collided, lambda: iter(distinct))) == 0
