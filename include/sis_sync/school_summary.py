@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from include.sis_sync import model
@@ -39,10 +40,11 @@ def summarise(
     orgs = orgs[orgs["sis_status"] == model.ACTIVE]
     is_school = orgs["kind"] == "school"
     synced_flag = is_school if synced is None else is_school & orgs["sis_key"].isin(list(synced))
+    memberships = _memberships(frames.get(model.USERS.name))
     counts = {
-        "users": _per_org(_memberships(frames.get(model.USERS.name))),
+        "users": _per_org(memberships["organization_key"]),
         **{
-            f"{role}s": _per_org(_memberships(frames.get(model.USERS.name), role))
+            f"{role}s": _per_org(memberships.loc[memberships["role"] == role, "organization_key"])
             for role in ROLE_COUNTS
         },
         "sections": _per_org(_live(frames.get(model.SECTIONS.name), "organization_key")),
@@ -69,14 +71,22 @@ def _live(frame: pd.DataFrame | None, column: str) -> pd.Series:
     return frame.loc[frame["sis_status"] == model.ACTIVE, column]
 
 
-def _memberships(users: pd.DataFrame | None, role: str | None = None) -> pd.Series:
-    """One organization key per active user and organization (of one role, if given)."""
+def _memberships(users: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per active user and organization: the organization's key and the user's role.
+    Split once, by Arrow: a million users' lists split in Python took seconds per role."""
     if users is None or users.empty:
-        return pd.Series(dtype="string")
+        return pd.DataFrame(
+            {"organization_key": pd.Series(dtype="string"), "role": pd.Series(dtype="string")}
+        )
     live = users[users["sis_status"] == model.ACTIVE]
-    if role is not None:
-        live = live[live["role"] == role]
-    return live["organizations"].str.split(",").explode()
+    lists = pc.split_pattern(model.arrow_keys(live["organizations"]), ",")
+    users_of = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    return pd.DataFrame(
+        {
+            "organization_key": pd.Series(pc.list_flatten(lists), dtype="string"),
+            "role": live["role"].to_numpy()[users_of],
+        }
+    )
 
 
 def _enrollment_schools(frames: Mapping[str, pd.DataFrame]) -> pd.Series:
