@@ -526,10 +526,9 @@ def _repeated_keys(
     whose hash repeats are read again and counted."""
     every = np.sort(np.concatenate(hashes)) if hashes else np.array([], dtype=np.uint64)
     suspects = np.unique(every[1:][every[1:] == every[:-1]])
-    if not len(suspects):
-        return pa.array([], pa.struct([("values", pa.large_string()), ("counts", pa.int64())]))
-    candidates = [
-        model.arrow_keys(keys[np.isin(_key_hashes(keys), suspects)]) for keys in keys_again()
+    candidates = [  # unique hashes: the keys are not read again
+        model.arrow_keys(keys[np.isin(_key_hashes(keys), suspects)])
+        for keys in (keys_again() if len(suspects) else ())
     ]
     counts = pc.value_counts(pa.chunked_array(candidates, type=pa.large_string()))
     return counts.filter(

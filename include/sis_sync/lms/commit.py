@@ -25,7 +25,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from include.sis_sync import model
-from include.sis_sync.diff import ADD, ARCHIVE, REACTIVATE, UPDATE, label_counts
+from include.sis_sync.diff import ACTIONS, ADD, ARCHIVE, REACTIVATE, UPDATE, label_counts
 from include.sis_sync.lms import schema
 from include.sis_sync.lms.bulk import (
     insert_frame,
@@ -61,7 +61,6 @@ DEPENDENCIES: dict[str, tuple[tuple[str, str], ...]] = {
 SKIPPED_COLUMNS = ["id", "entity", "sis_key", "kind", "why"]
 BULK_LOAD_ROWS = 50_000  # adds from which a commit rebuilds the browse indexes once
 SNAPSHOT_ROWS = 500_000  # snapshot rows read at once: a larger entity is applied in parts
-ACTIONS = (ADD, UPDATE, REACTIVATE, ARCHIVE)
 
 
 @dataclass
